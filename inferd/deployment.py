@@ -1,0 +1,115 @@
+"""``Deployment``: the running form of one ``ProjectSpec`` — a WorkerPool per servable API,
+the GPU plan, and the HTTP routing table that points at them.
+
+APIs this version cannot serve (or whose GPUs are missing) are kept with their error, so the
+operator sees them in ``/-/apis`` and ``/-/ready`` instead of the daemon refusing to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import ASGIApp
+
+from inferd.gpu import GpuDevice, GpuRequest, assign_gpus
+from inferd.http.realtime import RealtimeEndpoint
+from inferd.logs import get_logger
+from inferd.metrics import Metrics
+from inferd.settings import Settings
+from inferd.spec import ApiSpec, ProjectSpec
+from inferd.worker.launch import init_frame, worker_slots
+from inferd.worker.pool import PoolConfig, WorkerPool
+
+log = get_logger()
+
+
+def unsupported_reason(api: ApiSpec) -> str | None:
+    """Why this version of inferd cannot serve the API yet, or None when it can."""
+    if api.kind != "RealtimeAPI":
+        return f"{api.kind} is not supported by this version of inferd yet (RealtimeAPI is)"
+    if api.pod is not None:
+        return "APIs with pod.containers are not supported by this version of inferd yet"
+    if api.handler is None:
+        return "the API has no handler block"
+    if api.handler.type != "python":
+        return f"handler.type {api.handler.type} is not supported by inferd; use type: python"
+    if api.is_grpc:
+        return "gRPC APIs (handler.protobuf_path) are not supported by this version of inferd yet"
+    return None
+
+
+@dataclass
+class ApiRuntime:
+    spec: ApiSpec
+    pool: WorkerPool | None
+    error: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"name": self.spec.name, "kind": self.spec.kind,
+                                "endpoint": self.spec.networking.endpoint,
+                                "protocol": "grpc" if self.spec.is_grpc else "http",
+                                "gpus_per_replica": self.spec.gpus_per_replica}
+        if self.pool is None:
+            return {**info, "state": "failed", "error": self.error, "desired_workers": 0,
+                    "ready_workers": 0, "workers": []}
+        return {**info, **self.pool.describe(), "error": self.error or self.pool.last_error}
+
+
+class Deployment:
+    def __init__(self, project: ProjectSpec, settings: Settings, environ: Mapping[str, str],
+                 inventory: tuple[GpuDevice, ...], metrics: Metrics) -> None:
+        self.project = project
+        self.apis: dict[str, ApiRuntime] = {}
+        servable = [api for api in project.apis if unsupported_reason(api) is None]
+        plan = assign_gpus(inventory, [GpuRequest(api.name, max(api.worker_count // api.processes_per_replica, 1),
+                                                  api.processes_per_replica, api.gpus_per_replica)
+                                       for api in servable])
+        for warning in plan.warnings:
+            log.warning("gpu_shared", detail=warning)
+        for api in project.apis:
+            error = unsupported_reason(api) or plan.errors.get(api.name)
+            if error is not None:
+                log.error("api_not_started", api=api.name, error=error)
+                self.apis[api.name] = ApiRuntime(api, None, error)
+                continue
+            pool = WorkerPool(self._pool_config(api, settings, environ, plan.devices[api.name], metrics))
+            self.apis[api.name] = ApiRuntime(api, pool)
+
+    def _pool_config(self, api: ApiSpec, settings: Settings, environ: Mapping[str, str],
+                     devices: tuple[tuple[int, ...], ...], metrics: Metrics) -> PoolConfig:
+        restarts = metrics.worker_restarts.labels(api.name)
+        return PoolConfig(
+            api=api.name,
+            init=init_frame(self.project, api, settings.max_body_size),
+            cwd=str(self.project.project_dir),
+            slots=worker_slots(environ, self.project, api, devices),
+            max_concurrency=api.autoscaling.max_replica_concurrency if api.autoscaling else 1024,
+            ready_wait=settings.ready_wait,
+            stop_timeout=settings.shutdown_grace_period,
+            on_metric=lambda frame, name=api.name: metrics.record_user(name, frame),
+            on_restart=restarts.inc,
+        )
+
+    def pools(self) -> list[WorkerPool]:
+        return [runtime.pool for runtime in self.apis.values() if runtime.pool is not None]
+
+    def start(self) -> None:
+        for pool in self.pools():
+            pool.start()
+
+    async def stop(self, timeout: float) -> None:
+        await asyncio.gather(*(pool.stop(timeout) for pool in self.pools()))
+
+    def kill(self) -> None:
+        for pool in self.pools():
+            pool.kill()
+
+    def routes(self, settings: Settings, metrics: Metrics) -> dict[str, ASGIApp]:
+        return {runtime.spec.networking.endpoint: RealtimeEndpoint(name, runtime.pool, settings.max_body_size, metrics)
+                for name, runtime in self.apis.items() if runtime.pool is not None}
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [runtime.describe() for runtime in self.apis.values()]

@@ -1,0 +1,123 @@
+"""RealtimeAPI over HTTP: each verb on the API's endpoint goes to its ``handle_<verb>``.
+
+This is the hot path, so it is a bare ASGI callable: headers are scanned once, the body is
+read once (and refused with 413 as soon as it passes the limit), and forwarded as the one
+frame's body without copies or parsing; the worker parses it by Content-Type.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from starlette.types import Receive, Scope, Send
+
+from inferd.http.responses import send_bytes, send_error
+from inferd.metrics import Metrics
+from inferd.worker.pool import ApiUnavailable, WorkerPool
+
+VERBS = ("post", "get", "put", "patch", "delete")
+CORS = [(b"access-control-allow-origin", b"*"),
+        (b"access-control-allow-methods", b"POST, GET, PUT, PATCH, DELETE, OPTIONS"),
+        (b"access-control-allow-headers", b"*"),
+        (b"access-control-allow-credentials", b"true")]
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class RealtimeEndpoint:
+    def __init__(self, api: str, pool: WorkerPool, max_body_size: int, metrics: Metrics) -> None:
+        self.api = api
+        self.pool = pool
+        self.max_body_size = max_body_size
+        self.metrics = metrics
+        self._in_flight = metrics.in_flight.labels(api)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        self._in_flight.inc()
+        try:
+            status = await self._serve(scope, receive, send)
+        finally:
+            self._in_flight.dec()
+        if status:
+            self.metrics.observe(self.api, status, time.perf_counter() - started)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int:
+        verb = scope["method"].lower()
+        if verb == "options":
+            await send_bytes(send, 204, list(CORS), b"")
+            return 204
+        content_type, length, request_id = "", None, None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                length = value
+            elif name == b"x-request-id" and _REQUEST_ID.match(value):
+                request_id = value.decode()
+        rid = request_id or uuid.uuid4().hex
+        rid_header = (b"x-request-id", rid.encode())
+        try:
+            verbs = self.pool.verbs or await self.pool.wait_verbs()
+        except ApiUnavailable as exc:
+            await send_error(send, 503, self.api, str(exc), [rid_header])
+            return 503
+        wants = verbs.get(verb) if verb in VERBS else None
+        if wants is None:
+            allow = ", ".join(v.upper() for v in VERBS if v in verbs)
+            await send_error(send, 405, self.api, f"method {verb.upper()} is not implemented by api '{self.api}'",
+                             [(b"allow", allow.encode()), rid_header])
+            return 405
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_size):
+            return await self._too_large(send, rid_header)
+        try:
+            body = await read_body(receive, self.max_body_size)
+        except BodyTooLarge:
+            return await self._too_large(send, rid_header)
+        except ClientGone:
+            return 0
+        meta = {"t": "call", "verb": verb, "ct": content_type, "rid": rid,
+                "q": scope["query_string"].decode("latin-1")}
+        if "headers" in wants:
+            meta["h"] = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
+        try:
+            reply = await self.pool.call(meta, body)
+        except ApiUnavailable as exc:
+            await send_error(send, 503, self.api, str(exc), [rid_header])
+            return 503
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers if k.lower() != "content-length"]
+        headers.append(rid_header)
+        await send_bytes(send, reply.status, headers, reply.body)
+        if reply.ack is not None:
+            reply.ack()
+        return reply.status
+
+    async def _too_large(self, send: Send, rid_header: tuple[bytes, bytes]) -> int:
+        await send_error(send, 413, self.api, f"request body is larger than the limit of {self.max_body_size} bytes",
+                         [rid_header, (b"connection", b"close")])
+        return 413

@@ -1,0 +1,61 @@
+"""The daemon's Prometheus registry: inferd's own series and the handlers' ``metrics_client`` ones."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from inferd.logs import get_logger
+
+_NAME_OK = re.compile(r"[^a-zA-Z0-9_:]")
+_USER_KINDS = {"gauge": Gauge, "increment": Counter, "histogram": Histogram}
+_RECORD = {"gauge": "set", "increment": "inc", "histogram": "observe"}
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("inferd_requests", "Requests answered, by API and status code",
+                                ["api", "code"], registry=self.registry)
+        self.latency = Histogram("inferd_request_duration_seconds", "Time from request to response",
+                                 ["api"], registry=self.registry)
+        self.in_flight = Gauge("inferd_requests_in_flight", "Requests being handled", ["api"],
+                               registry=self.registry)
+        self.worker_restarts = Counter("inferd_worker_restarts", "Worker processes restarted",
+                                       ["api"], registry=self.registry)
+        self._user: dict[str, tuple[Any, tuple[str, ...]]] = {}
+        self.log = get_logger()
+
+    def observe(self, api: str, code: int, seconds: float) -> None:
+        self.requests.labels(api, str(code)).inc()
+        self.latency.labels(api).observe(seconds)
+
+    def record_user(self, api: str, frame: dict[str, Any]) -> None:
+        """A handler's ``metrics_client`` call, tagged with its API like Cortex did."""
+        name = _NAME_OK.sub("_", frame["name"])
+        kind = frame["kind"]
+        tags = {"api_name": api, **frame.get("tags", {})}
+        label_names = tuple(sorted(_NAME_OK.sub("_", k) for k in tags))
+        known = self._user.get(name)
+        if known is None:
+            metric = _USER_KINDS[kind](name, f"{kind} from handler metrics_client", label_names,
+                                       registry=self.registry)
+            known = self._user[name] = (metric, label_names)
+        metric, expected = known
+        if expected != label_names or not isinstance(metric, _USER_KINDS[kind]):
+            self.log.warning("user_metric_rejected", metric=name, api=api,
+                             reason=f"{name} was first recorded as {type(metric).__name__} with tags {list(expected)}")
+            return
+        child = metric.labels(**{_NAME_OK.sub("_", k): v for k, v in tags.items()})
+        try:
+            getattr(child, _RECORD[kind])(frame["value"])
+        except ValueError as exc:  # e.g. a negative increment: the handler's bug, not ours
+            self.log.warning("user_metric_rejected", metric=name, api=api, reason=str(exc))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

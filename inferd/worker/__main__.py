@@ -1,0 +1,50 @@
+"""``python -m inferd.worker --fd N``: the child process the daemon starts for each worker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import os
+import signal
+import sys
+
+from inferd.logs import configure_logging
+from inferd.worker.runtime import WorkerRuntime
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL us if the daemon dies, so no worker outlives it, even after kill -9."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return  # not Linux: the closed IPC socket still ends us
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="inferd.worker")
+    parser.add_argument("--fd", type=int, required=True, help="inherited socket to the daemon")
+    parser.add_argument("--parent", type=int, default=0, help="daemon pid, to detect a parent already gone")
+    args = parser.parse_args(argv)
+    die_with_parent()
+    if args.parent and os.getppid() != args.parent:
+        return 1
+    # The daemon stops us with a "stop" frame; SIGINT from a terminal's Ctrl-C goes to the
+    # whole process group and must not kill a worker the daemon is still draining.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(json_output=True, worker=os.getpid())
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    code = runner(WorkerRuntime(args.fd).run())
+    sys.stdout.flush()
+    # Handler threads may still be blocked in user code; they must not keep the process alive.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,245 @@
+"""The worker process: loads one API's Handler and answers the daemon's call frames.
+
+Sync handler methods run on ``threads_per_process`` threads, async ones on the loop. A
+callback returned with a result runs only when the daemon reports that the response has
+left (the ``sent`` frame), so it can never race the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import structlog
+from starlette.datastructures import Headers, QueryParams
+from starlette.exceptions import HTTPException
+
+from inferd.logs import configure_logging, get_logger
+from inferd.worker.batching import Batcher
+from inferd.worker.handler_class import BoundMethod, HandlerLoadError, construct, find_class, http_methods, load_module
+from inferd.worker.ipc import FrameProtocol
+from inferd.worker.metrics_client import MetricsClient
+from inferd.worker.payload import PayloadError, is_form, parse_form, parse_payload
+from inferd.worker.render import JSON, RenderError, error_body, render, split_callback
+
+Outcome = tuple[int, list[list[str]], bytes, Callable[[], Any] | None]
+
+EXIT_INIT_FAILED = 3
+
+
+class WorkerRuntime:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.api = "?"
+        self.log = get_logger()
+        self.methods: dict[str, BoundMethod] = {}
+        self.batcher: Batcher | None = None
+        self.callbacks: dict[int, Callable[[], Any]] = {}
+        self.tasks: set[asyncio.Future[Any]] = set()
+        self.stopping = False
+        self.max_part_size = 20 << 20
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[int] = self.loop.create_future()
+        self.init: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        sock = socket.socket(fileno=self.fd)
+        _, self.channel = await self.loop.connect_accepted_socket(
+            lambda: FrameProtocol(self.on_frame, self.on_close), sock
+        )
+        self.loop.add_signal_handler(signal.SIGTERM, self.drain)
+        try:
+            init = await self.init
+        except asyncio.CancelledError:  # the daemon went away or stopped us before init
+            return 0
+        try:
+            self.load(init)
+        except BaseException as exc:  # noqa: BLE001 - anything the user's import or __init__ raised
+            text = "".join(traceback.format_exception(exc))
+            self.log.error("handler_init_failed", error=str(exc), traceback=text)
+            self.channel.send({"t": "init_failed", "error": f"{type(exc).__name__}: {exc}", "traceback": text})
+            await asyncio.sleep(0)  # let the frame reach the transport buffer
+            return EXIT_INIT_FAILED
+        verbs = {verb: list(method.wants) for verb, method in self.methods.items()}
+        self.channel.send({"t": "ready", "pid": os.getpid(), "verbs": verbs})
+        self.log.info("worker_ready", verbs=sorted(self.methods))
+        return await self.done
+
+    def load(self, init: dict[str, Any]) -> None:
+        self.api = init["api"]
+        configure_logging(init.get("log_level", "info"), json_output=True, api=self.api, worker=os.getpid())
+        self.log = get_logger()
+        project = Path(init["project_dir"])
+        os.chdir(project)
+        for entry in (init.get("python_path"), str(project)):
+            if entry and entry not in sys.path:
+                sys.path.insert(0, entry)
+        self.max_part_size = init.get("max_body_size", self.max_part_size)
+        self.pool = ThreadPoolExecutor(max_workers=init.get("threads", 1), thread_name_prefix="handler")
+        module = load_module(project / init["handler_path"])
+        cls = find_class(module)
+        available = {"config": copy.deepcopy(init.get("config") or {}),
+                     "metrics_client": MetricsClient(self.channel.send_threadsafe)}
+        handler = construct(cls, available)
+        self.methods = http_methods(handler)
+        batching = init.get("batching")
+        if batching and "post" in self.methods:
+            self.batcher = Batcher(batching["max_batch_size"], batching["batch_interval"], self.run_batch)
+
+    # -- frames from the daemon -------------------------------------------------------------
+
+    def on_frame(self, meta: dict[str, Any], body: bytes) -> None:
+        kind = meta["t"]
+        if kind == "call":
+            self.track(self.loop.create_task(self.handle_call(meta, body)))
+        elif kind == "sent":
+            callback = self.callbacks.pop(meta["id"], None)
+            if callback is not None:
+                self.track(self.loop.run_in_executor(self.pool, self.run_callback, callback, meta.get("rid")))
+        elif kind == "init" and not self.init.done():
+            self.init.set_result(meta)
+        elif kind == "stop":
+            self.drain()
+
+    def drain(self) -> None:
+        """Finish what is in flight, then exit (the stop frame, or SIGTERM from a process group)."""
+        self.stopping = True
+        if not self.init.done():
+            self.init.cancel()
+        self.maybe_finish()
+
+    def on_close(self, exc: Exception | None) -> None:
+        # The daemon is gone (or closed us): nobody can receive our answers any more.
+        if not self.init.done():
+            self.init.cancel()
+        if not self.done.done():
+            self.done.set_result(0)
+
+    def track(self, future: asyncio.Future[Any]) -> None:
+        self.tasks.add(future)
+        future.add_done_callback(self._untrack)
+
+    def _untrack(self, future: asyncio.Future[Any]) -> None:
+        self.tasks.discard(future)
+        self.maybe_finish()
+
+    def maybe_finish(self) -> None:
+        if self.stopping and not self.tasks and not self.callbacks and not self.done.done():
+            self.done.set_result(0)
+
+    # -- one request -----------------------------------------------------------------------
+
+    async def handle_call(self, meta: dict[str, Any], body: bytes) -> None:
+        method = self.methods[meta["verb"]]
+        try:
+            if self.batcher is not None and meta["verb"] == "post":
+                outcome = await self.batched_call(method, meta, body)
+            else:
+                form = await self.form_payload(method, meta, body)
+                if method.is_async:
+                    outcome = await self.call_async(method, meta, body, form)
+                else:
+                    outcome = await self.loop.run_in_executor(self.pool, self.call_sync, method, meta, body, form)
+        except PayloadError as exc:
+            outcome = 400, JSON, error_body(self.api, str(exc)), None
+        self.reply(meta, outcome)
+
+    def reply(self, meta: dict[str, Any], outcome: Outcome) -> None:
+        status, headers, out, callback = outcome
+        if callback is not None:
+            self.callbacks[meta["id"]] = callback
+        self.channel.send({"t": "reply", "id": meta["id"], "status": status, "h": headers,
+                           "cb": callback is not None}, out)
+
+    async def form_payload(self, method: BoundMethod, meta: dict[str, Any], body: bytes) -> Any:
+        if "payload" in method.wants and is_form(meta.get("ct", "")):
+            return await parse_form(meta["ct"], body, self.max_part_size)
+        return None
+
+    def arguments(self, method: BoundMethod, meta: dict[str, Any], body: bytes, form: Any) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if "payload" in method.wants:
+            values["payload"] = form if form is not None else parse_payload(meta.get("ct", ""), body)
+        if "query_params" in method.wants:
+            values["query_params"] = QueryParams(meta.get("q", ""))
+        if "headers" in method.wants:
+            values["headers"] = Headers(raw=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["h"]])
+        return values
+
+    def call_sync(self, method: BoundMethod, meta: dict[str, Any], body: bytes, form: Any) -> Outcome:
+        with structlog.contextvars.bound_contextvars(request_id=meta.get("rid")):
+            try:
+                result = method.func(**self.arguments(method, meta, body, form))
+            except Exception as exc:  # noqa: BLE001 - the handler's error becomes the response
+                return self.failure(meta, exc)
+            return self.outcome(meta, result)
+
+    async def call_async(self, method: BoundMethod, meta: dict[str, Any], body: bytes, form: Any) -> Outcome:
+        with structlog.contextvars.bound_contextvars(request_id=meta.get("rid")):
+            try:
+                result = await method.func(**self.arguments(method, meta, body, form))
+            except Exception as exc:  # noqa: BLE001
+                return self.failure(meta, exc)
+            return self.outcome(meta, result)
+
+    def outcome(self, meta: dict[str, Any], result: Any) -> Outcome:
+        value, callback = split_callback(result)
+        try:
+            status, headers, out = render(value)
+        except RenderError as exc:
+            self.log.error("handler_result_invalid", error=str(exc), request_id=meta.get("rid"))
+            return 500, JSON, error_body(self.api, str(exc)), None
+        return status, headers, out, callback
+
+    def failure(self, meta: dict[str, Any], exc: Exception) -> Outcome:
+        if isinstance(exc, PayloadError):
+            return 400, JSON, error_body(self.api, str(exc)), None
+        if isinstance(exc, HTTPException):
+            return exc.status_code, JSON, error_body(self.api, str(exc.detail)), None
+        self.log.error("handler_exception", verb=meta["verb"], request_id=meta.get("rid"),
+                       exc_info=exc)
+        return 500, JSON, error_body(self.api, f"{type(exc).__name__}: {exc}"), None
+
+    # -- server-side batching ----------------------------------------------------------------
+
+    async def batched_call(self, method: BoundMethod, meta: dict[str, Any], body: bytes) -> Outcome:
+        form = await self.form_payload(method, meta, body)
+        values = self.arguments(method, meta, body, form)
+        return await self.batcher.submit({"meta": meta, "values": values})  # type: ignore[union-attr]
+
+    async def run_batch(self, items: list[dict[str, Any]]) -> list[Outcome]:
+        method = self.methods["post"]
+        kwargs = {name: [item["values"][name] for item in items] for name in method.wants}
+        return await self.loop.run_in_executor(self.pool, self.call_batch, method, kwargs, items)
+
+    def call_batch(self, method: BoundMethod, kwargs: dict[str, list[Any]], items: list[dict[str, Any]]) -> list[Outcome]:
+        first = items[0]["meta"]
+        try:
+            results = method.func(**kwargs)
+        except Exception as exc:  # noqa: BLE001
+            return [self.failure(first, exc)] * len(items)
+        if not isinstance(results, list) or len(results) != len(items):
+            got = f"{len(results)} results" if isinstance(results, list) else f"a {type(results).__name__}"
+            message = (f"handle_post returned {got} for a batch of {len(items)} requests; "
+                       "with server_side_batching it must return a list of the same length")
+            self.log.error("batch_result_invalid", error=message)
+            return [(500, JSON, error_body(self.api, message), None)] * len(items)
+        return [self.outcome(item["meta"], result) for item, result in zip(items, results)]
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    def run_callback(self, callback: Callable[[], Any], request_id: str | None) -> None:
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - a callback never reaches the client
+                self.log.error("callback_exception", exc_info=exc)

@@ -1,0 +1,6 @@
+class Handler:
+    def __init__(self, config):
+        pass
+
+    def handle_post(self, payload):
+        return payload
