@@ -50,7 +50,7 @@ class HttpServer(uvicorn.Server):
 
     def __init__(self, app: InferdApp, settings: Settings) -> None:
         config = uvicorn.Config(app, loop="none", http="httptools", lifespan="off", log_config=None,
-                                access_log=False, server_header=False,
+                                access_log=False, server_header=False, proxy_headers=False,
                                 timeout_graceful_shutdown=int(settings.shutdown_grace_period) or 1)
         config.load()
         super().__init__(config)

@@ -55,7 +55,7 @@ class ApiRuntime:
         if self.pool is None:
             return {**info, "state": "failed", "error": self.error, "desired_workers": 0,
                     "ready_workers": 0, "workers": []}
-        return {**info, **self.pool.describe(), "error": self.error or self.pool.last_error}
+        return {**info, **self.pool.describe(), "error": self.error or self.pool.error}
 
 
 class Deployment:

@@ -54,18 +54,18 @@ class RealtimeEndpoint:
         self.api = api
         self.pool = pool
         self.max_body_size = max_body_size
-        self.metrics = metrics
-        self._in_flight = metrics.in_flight.labels(api)
+        self.recorder = metrics.recorder(api)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        self._in_flight.inc()
+        in_flight = self.recorder.in_flight
+        in_flight.inc()
         try:
             status = await self._serve(scope, receive, send)
         finally:
-            self._in_flight.dec()
+            in_flight.dec()
         if status:
-            self.metrics.observe(self.api, status, time.perf_counter() - started)
+            self.recorder.observe(status, time.perf_counter() - started)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int:
         verb = scope["method"].lower()

@@ -177,8 +177,8 @@ class WorkerPool:
     def _not_ready_message(self) -> str:
         if self.stopping:
             return f"api '{self.api}' is shutting down"
-        if self.last_error:
-            return f"api '{self.api}' has no ready worker: {self.last_error}"
+        if self.error:
+            return f"api '{self.api}' has no ready worker: {self.error}"
         return f"api '{self.api}' has no ready worker yet"
 
     # -- status ------------------------------------------------------------------------------
@@ -193,8 +193,14 @@ class WorkerPool:
             return "failed"
         return "starting"
 
+    @property
+    def error(self) -> str | None:
+        """The newest problem: a worker's constructor failure is known before its process exits."""
+        current = [w.error for w in self.workers if w is not None and w.error]
+        return current[0] if current else self.last_error
+
     def describe(self) -> dict[str, Any]:
         workers = [w.describe() for w in self.workers if w is not None]
         return {"state": self.state, "desired_workers": len(self.config.slots),
                 "ready_workers": len(self.ready_workers()), "restarts": self.restarts,
-                "last_error": self.last_error, "workers": workers}
+                "last_error": self.error, "workers": workers}
