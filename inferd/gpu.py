@@ -58,10 +58,6 @@ class GpuPlan:
     warnings: tuple[str, ...] = ()
 
 
-class GpuInventoryError(Exception):
-    """Raised by callers that require GPUs and find none (read_inventory never raises)."""
-
-
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)

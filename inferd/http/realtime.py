@@ -14,6 +14,7 @@ import uuid
 from starlette.types import Receive, Scope, Send
 
 from inferd.http.responses import send_bytes, send_error
+from inferd.logs import get_logger
 from inferd.metrics import Metrics
 from inferd.worker.pool import ApiUnavailable, WorkerPool
 
@@ -22,6 +23,7 @@ CORS = [(b"access-control-allow-origin", b"*"),
         (b"access-control-allow-methods", b"POST, GET, PUT, PATCH, DELETE, OPTIONS"),
         (b"access-control-allow-headers", b"*"),
         (b"access-control-allow-credentials", b"true")]
+log = get_logger()
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -108,6 +110,7 @@ class RealtimeEndpoint:
         try:
             reply = await self.pool.call(meta, body)
         except ApiUnavailable as exc:
+            log.warning("request_unavailable", api=self.api, request_id=rid, error=str(exc))
             await send_error(send, 503, self.api, str(exc), [rid_header])
             return 503
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers if k.lower() != "content-length"]

@@ -295,6 +295,3 @@ def test_read_inventory_never_raises_on_shutdown_error(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     assert read_inventory() == (GpuDevice(0, "GPU-a", "A", 2, 1),)
 
-
-def test_inventory_error_is_an_exception() -> None:
-    assert issubclass(gpu.GpuInventoryError, Exception)
