@@ -17,6 +17,7 @@ from typing import Any
 
 from inferd.logs import get_logger
 from inferd.worker.process import MetricSink, Reply, WorkerGone, WorkerProcess
+from inferd.worker.stream import StreamCall
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -132,6 +133,13 @@ class WorkerPool:
         worker = await self._pick()
         try:
             return await worker.call(meta, body)
+        except WorkerGone as exc:
+            raise ApiUnavailable(str(exc)) from None
+
+    async def open_stream(self, meta: dict[str, Any], body: bytes) -> StreamCall:
+        worker = await self._pick()
+        try:
+            return worker.open_stream(meta, body)
         except WorkerGone as exc:
             raise ApiUnavailable(str(exc)) from None
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from inferd.logs import get_logger
 from inferd.worker.ipc import FrameProtocol
+from inferd.worker.stream import StreamCall
 
 MetricSink = Callable[[dict[str, Any]], None]
 
@@ -55,9 +56,11 @@ class WorkerProcess:
         self.started_at = time.monotonic()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._streams: dict[int, StreamCall] = {}
         self._proc: asyncio.subprocess.Process | None = None
         self._channel: FrameProtocol | None = None
         self._pumps: list[asyncio.Task[None]] = []
+        self._last_stderr = ""
         self.log = get_logger(api=api, slot=slot)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -94,6 +97,9 @@ class WorkerProcess:
         code = await self._proc.wait()
         await asyncio.gather(*self._pumps, return_exceptions=True)
         self._fail_pending(f"worker {self.pid} of api '{self.api}' exited with code {code}")
+        if self.error is None and self.state != "stopping" and self._last_stderr:
+            # e.g. an import error before the handler could even report: show its last words
+            self.error = f"worker exited with code {code}: {self._last_stderr}"
         self.state = "exited"
         return code
 
@@ -135,6 +141,22 @@ class WorkerProcess:
             self.in_flight -= 1
             self._pending.pop(call_id, None)
 
+    def open_stream(self, meta: dict[str, Any], body: bytes) -> StreamCall:
+        """Start a streamed call; the worker slot stays taken until the worker's end frame."""
+        if self._channel is None or self.state != "ready":
+            raise WorkerGone(f"worker of api '{self.api}' is not ready")
+        call_id = next(self._ids)
+        meta["id"] = call_id
+        stream = StreamCall(call_id, self._channel.send, self._stream_finished)
+        self._streams[call_id] = stream
+        self.in_flight += 1
+        self._channel.send(meta, body)
+        return stream
+
+    def _stream_finished(self, call_id: int) -> None:
+        if self._streams.pop(call_id, None) is not None:
+            self.in_flight -= 1
+
     def _ack(self, call_id: int, request_id: str | None) -> Callable[[], None]:
         def ack() -> None:
             if self._channel is not None:
@@ -150,6 +172,8 @@ class WorkerProcess:
             if future is not None and not future.done():
                 ack = self._ack(meta["id"], meta.get("rid")) if meta.get("cb") else None
                 future.set_result(Reply(meta["status"], meta["h"], body, ack))
+        elif kind in ("msg", "end", "credit"):
+            self._on_stream_frame(kind, meta, body)
         elif kind == "metric":
             self._on_metric(meta)
         elif kind == "ready":
@@ -162,6 +186,17 @@ class WorkerProcess:
             self.state = "failed"
             self.log.error("handler_init_failed", pid=self.pid, error=meta["error"], traceback=meta.get("traceback"))
             self._settle_ready(False)
+
+    def _on_stream_frame(self, kind: str, meta: dict[str, Any], body: bytes) -> None:
+        stream = self._streams.get(meta["id"])
+        if stream is None:
+            return
+        if kind == "msg":
+            stream.on_message(body)
+        elif kind == "credit":
+            stream.on_credit(meta["n"])
+        else:
+            stream.on_end(meta)
 
     def _on_close(self, exc: Exception | None) -> None:
         if self.state in ("starting", "ready"):
@@ -177,6 +212,8 @@ class WorkerProcess:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(WorkerGone(message))
+        for stream in list(self._streams.values()):
+            stream.on_gone(message)
 
     async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
         """Worker output becomes daemon log lines; the worker's own JSON events pass through."""
@@ -192,6 +229,8 @@ class WorkerProcess:
                 else:
                     sys.stdout.write(text + "\n")
                     continue
+            if name == "stderr" and text.strip():
+                self._last_stderr = text.strip()
             self.log.info("worker_output", pid=self.pid, stream=name, line=text)
         sys.stdout.flush()
 

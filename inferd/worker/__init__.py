@@ -1,0 +1,1 @@
+"""The worker side (child processes) and the daemon side that manages them."""

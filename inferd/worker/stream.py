@@ -1,0 +1,86 @@
+"""``StreamCall``: the daemon's side of one streamed call (every gRPC call uses it).
+
+Messages flow both ways as one frame each. Each direction has a credit window: the sender
+may be ``WINDOW`` messages ahead of the receiver's consumption, then waits for a ``credit``
+frame. A slow gRPC client therefore slows the handler's generator instead of letting it fill
+the daemon's memory, and a fast client cannot flood a slow handler either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+WINDOW = 8
+UNAVAILABLE = 14  # grpc.StatusCode.UNAVAILABLE
+
+Send = Callable[[dict[str, Any], bytes], Any]
+_END = object()
+
+
+class StreamCall:
+    def __init__(self, call_id: int, send: Send, on_finished: Callable[[int], None]) -> None:
+        self.id = call_id
+        self._send = send
+        self._on_finished = on_finished
+        self._messages: asyncio.Queue[Any] = asyncio.Queue()
+        self._credit = WINDOW
+        self._credit_changed = asyncio.Event()
+        self.end: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.end is not None
+
+    # -- from the worker ---------------------------------------------------------------------
+
+    def on_message(self, body: bytes) -> None:
+        self._messages.put_nowait(body)
+
+    def on_credit(self, count: int) -> None:
+        self._credit += count
+        self._credit_changed.set()
+
+    def on_end(self, meta: dict[str, Any]) -> None:
+        """The worker's last frame for this call: its status; the worker slot is free again."""
+        if self.end is None:
+            self.end = meta
+            self._messages.put_nowait(_END)
+            self._credit_changed.set()
+            self._on_finished(self.id)
+
+    def on_gone(self, message: str) -> None:
+        self.on_end({"code": UNAVAILABLE, "details": message})
+
+    # -- to the worker -----------------------------------------------------------------------
+
+    async def send_input(self, body: bytes) -> bool:
+        """Forward one client message; False once the call has ended (stop reading the client)."""
+        while self._credit <= 0 and not self.finished:
+            self._credit_changed.clear()
+            await self._credit_changed.wait()
+        if self.finished:
+            return False
+        self._credit -= 1
+        self._send({"t": "in", "id": self.id}, body)
+        return True
+
+    def end_input(self) -> None:
+        if not self.finished:
+            self._send({"t": "in_end", "id": self.id}, b"")
+
+    def cancel(self) -> None:
+        """The client went away or its deadline passed: tell the worker to stop producing."""
+        if not self.finished:
+            self._send({"t": "cancel", "id": self.id}, b"")
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        """The worker's messages in order; each one consumed returns a credit to the worker."""
+        while True:
+            item = await self._messages.get()
+            if item is _END:
+                return
+            yield item
+            if not self.finished:
+                self._send({"t": "credit", "id": self.id, "n": 1}, b"")
