@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Workers are exec'd right after fork, so grpc's fork handlers have nothing to protect;
+    # left on, they log a line on every worker start.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
     from inferd.daemon import Daemon
     from inferd.logs import configure_logging
     from inferd.settings import SettingsError, load_settings
@@ -52,10 +55,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from inferd.grpc.services import compile_project
     from inferd.spec import SpecError, load_project
 
     try:
         project = load_project(args.project)
+        with tempfile.TemporaryDirectory(prefix="inferd-validate-") as cache:
+            compile_project(project, Path(cache))
     except SpecError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)

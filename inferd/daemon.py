@@ -14,7 +14,10 @@ from collections.abc import Mapping
 
 import uvicorn
 
-from inferd.deployment import Deployment
+from inferd.deployment import Deployment, proto_cache_dir
+from inferd.grpc.protos import CompiledProto
+from inferd.grpc.server import GrpcServer
+from inferd.grpc.services import compile_project
 from inferd.gpu import read_inventory
 from inferd.http.app import InferdApp
 from inferd.http.system import system_app
@@ -77,13 +80,23 @@ class Daemon:
         self.deployment: Deployment | None = None
         self.app = InferdApp(system_app(self.describe_apis, self.metrics))
         self.events: asyncio.Queue[str] = asyncio.Queue()
+        self.grpc: GrpcServer | None = None
+        self._readiness_changed = asyncio.Event()
 
     def describe_apis(self) -> list[dict]:
         return self.deployment.describe() if self.deployment else []
 
+    def load(self) -> tuple[ProjectSpec, dict[str, CompiledProto]]:
+        """cortex.yaml and the protos it names; SpecError lists every problem."""
+        project = load_project(self.settings.project)
+        return project, compile_project(project, proto_cache_dir(self.settings))
+
     async def run(self) -> int:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        # created inside the running loop: grpc.aio binds to the loop current at construction
+        self.grpc = GrpcServer(self.settings.host, self.settings.grpc_port, self.settings.max_body_size)
         try:
-            project = load_project(self.settings.project)
+            project, protos = self.load()
         except SpecError as exc:
             for issue in exc.issues:
                 log.error("config_invalid", detail=str(issue))
@@ -91,22 +104,37 @@ class Daemon:
         log_project(project)
         try:
             sock = listen_socket(self.settings.host, self.settings.port)
+            await self.grpc.start()
         except OSError as exc:
-            log.error("listen_failed", host=self.settings.host, port=self.settings.port, error=str(exc))
+            log.error("listen_failed", host=self.settings.host, port=self.settings.port,
+                      grpc_port=self.settings.grpc_port, error=str(exc))
             return EXIT_FAILED
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         inventory = read_inventory() if any(api.gpus_per_replica for api in project.apis) else ()
-        self.deployment = Deployment(project, self.settings, self.environ, inventory, self.metrics)
+        self.deployment = Deployment(project, self.settings, self.environ, inventory, self.metrics, protos,
+                                     on_change=self._readiness_changed.set)
         self.app.set_routes(self.deployment.routes(self.settings, self.metrics))
+        self.grpc.route(self.deployment.rpc_routes(), protos)
         self.deployment.start()
         server = HttpServer(self.app, self.settings)
         await server.startup(sockets=[sock])
-        serving = asyncio.get_running_loop().create_task(server.main_loop())
-        log.info("inferd_started", host=self.settings.host, port=self.settings.port, pid=os.getpid(),
+        loop = asyncio.get_running_loop()
+        serving = loop.create_task(server.main_loop())
+        health = loop.create_task(self._follow_health())
+        log.info("inferd_started", host=self.settings.host, port=self.settings.port,
+                 grpc_port=self.settings.grpc_port, pid=os.getpid(),
                  project=str(project.project_dir), apis=[api.name for api in project.apis])
         self._install_signals()
         await self._wait_for_stop()
+        health.cancel()
         return await self._shutdown(server, serving)
+
+    async def _follow_health(self) -> None:
+        """gRPC health mirrors worker readiness, updated on every worker change."""
+        while True:
+            self._readiness_changed.clear()
+            if self.deployment is not None:
+                await self.grpc.set_health(self.deployment.readiness())
+            await self._readiness_changed.wait()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -138,12 +166,13 @@ class Daemon:
     async def _drain(self, server: HttpServer, serving: asyncio.Task[None]) -> None:
         server.should_exit = True
         await serving
-        await server.shutdown()
+        await asyncio.gather(server.shutdown(), self.grpc.stop(self.settings.shutdown_grace_period))
         if self.deployment is not None:
             await self.deployment.stop(self.settings.shutdown_grace_period)
 
     async def _force(self, server: HttpServer, graceful: asyncio.Task[None]) -> int:
         server.force_exit = True
+        await self.grpc.stop(0)
         if self.deployment is not None:
             self.deployment.kill()
         graceful.cancel()

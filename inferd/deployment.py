@@ -8,12 +8,17 @@ operator sees them in ``/-/apis`` and ``/-/ready`` instead of the daemon refusin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.types import ASGIApp
 
+import grpc
+
+from inferd.grpc.bridge import RpcBridge
+from inferd.grpc.protos import CompiledProto
 from inferd.gpu import GpuDevice, GpuRequest, assign_gpus
 from inferd.http.realtime import RealtimeEndpoint
 from inferd.logs import get_logger
@@ -26,6 +31,19 @@ from inferd.worker.pool import PoolConfig, WorkerPool
 log = get_logger()
 
 
+def proto_cache_dir(settings: Settings) -> Path:
+    return settings.state_dir / "protos"
+
+
+def grpc_init(compiled: CompiledProto, cache: Path) -> dict[str, Any]:
+    """What a gRPC worker needs to load the same compiled module (a cache hit) and route RPCs."""
+    return {"proto_path": str(compiled.proto_path), "cache_dir": str(cache),
+            "service": compiled.service_name,
+            "methods": [{"name": m.name, "client_streaming": m.client_streaming,
+                         "server_streaming": m.server_streaming, "input_type": m.input_type,
+                         "output_type": m.output_type} for m in compiled.methods]}
+
+
 def unsupported_reason(api: ApiSpec) -> str | None:
     """Why this version of inferd cannot serve the API yet, or None when it can."""
     if api.kind != "RealtimeAPI":
@@ -36,8 +54,6 @@ def unsupported_reason(api: ApiSpec) -> str | None:
         return "the API has no handler block"
     if api.handler.type != "python":
         return f"handler.type {api.handler.type} is not supported by inferd; use type: python"
-    if api.is_grpc:
-        return "gRPC APIs (handler.protobuf_path) are not supported by this version of inferd yet"
     return None
 
 
@@ -46,10 +62,16 @@ class ApiRuntime:
     spec: ApiSpec
     pool: WorkerPool | None
     error: str | None = None
+    service: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """gRPC APIs are reached at /<package>.<Service> on the gRPC port, as in Cortex."""
+        return f"/{self.service}" if self.service else self.spec.networking.endpoint
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"name": self.spec.name, "kind": self.spec.kind,
-                                "endpoint": self.spec.networking.endpoint,
+                                "endpoint": self.endpoint,
                                 "protocol": "grpc" if self.spec.is_grpc else "http",
                                 "gpus_per_replica": self.spec.gpus_per_replica}
         if self.pool is None:
@@ -60,8 +82,13 @@ class ApiRuntime:
 
 class Deployment:
     def __init__(self, project: ProjectSpec, settings: Settings, environ: Mapping[str, str],
-                 inventory: tuple[GpuDevice, ...], metrics: Metrics) -> None:
+                 inventory: tuple[GpuDevice, ...], metrics: Metrics,
+                 protos: Mapping[str, CompiledProto] | None = None,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.project = project
+        self.protos = dict(protos or {})
+        self.proto_cache = proto_cache_dir(settings)
+        self.on_change = on_change
         self.apis: dict[str, ApiRuntime] = {}
         servable = [api for api in project.apis if unsupported_reason(api) is None]
         plan = assign_gpus(inventory, [GpuRequest(api.name, max(api.worker_count // api.processes_per_replica, 1),
@@ -76,14 +103,18 @@ class Deployment:
                 self.apis[api.name] = ApiRuntime(api, None, error)
                 continue
             pool = WorkerPool(self._pool_config(api, settings, environ, plan.devices[api.name], metrics))
-            self.apis[api.name] = ApiRuntime(api, pool)
+            compiled = self.protos.get(api.name)
+            self.apis[api.name] = ApiRuntime(api, pool, service=compiled.service_name if compiled else None)
 
     def _pool_config(self, api: ApiSpec, settings: Settings, environ: Mapping[str, str],
                      devices: tuple[tuple[int, ...], ...], metrics: Metrics) -> PoolConfig:
         restarts = metrics.worker_restarts.labels(api.name)
+        init = init_frame(self.project, api, settings.max_body_size)
+        if api.name in self.protos:
+            init["grpc"] = grpc_init(self.protos[api.name], self.proto_cache)
         return PoolConfig(
             api=api.name,
-            init=init_frame(self.project, api, settings.max_body_size),
+            init=init,
             cwd=str(self.project.project_dir),
             slots=worker_slots(environ, self.project, api, devices),
             max_concurrency=api.autoscaling.max_replica_concurrency if api.autoscaling else 1024,
@@ -91,6 +122,7 @@ class Deployment:
             stop_timeout=settings.shutdown_grace_period,
             on_metric=lambda frame, name=api.name: metrics.record_user(name, frame),
             on_restart=restarts.inc,
+            on_change=self.on_change,
         )
 
     def pools(self) -> list[WorkerPool]:
@@ -108,8 +140,22 @@ class Deployment:
             pool.kill()
 
     def routes(self, settings: Settings, metrics: Metrics) -> dict[str, ASGIApp]:
+        """The HTTP routing table: endpoint -> RealtimeEndpoint, for every HTTP API with a pool."""
         return {runtime.spec.networking.endpoint: RealtimeEndpoint(name, runtime.pool, settings.max_body_size, metrics)
-                for name, runtime in self.apis.items() if runtime.pool is not None}
+                for name, runtime in self.apis.items() if runtime.pool is not None and not runtime.spec.is_grpc}
+
+    def rpc_routes(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The gRPC routing table: method path -> handler, for every gRPC API with a pool."""
+        table: dict[str, grpc.RpcMethodHandler] = {}
+        for name, compiled in self.protos.items():
+            pool = self.apis[name].pool
+            if pool is not None:
+                table.update(RpcBridge(name, pool, compiled.methods).handlers())
+        return table
+
+    def readiness(self) -> dict[str, bool]:
+        return {name: runtime.pool is not None and runtime.pool.state == "ready"
+                for name, runtime in self.apis.items()}
 
     def describe(self) -> list[dict[str, Any]]:
         return [runtime.describe() for runtime in self.apis.values()]

@@ -47,6 +47,7 @@ class PoolConfig:
     stop_timeout: float = 30.0
     on_metric: MetricSink = field(default=lambda frame: None)
     on_restart: Callable[[], None] = field(default=lambda: None)
+    on_change: Callable[[], None] = field(default=lambda: None)  # a worker became ready or left
 
 
 class WorkerPool:
@@ -92,8 +93,10 @@ class WorkerPool:
                 ready = await worker.wait_ready()
                 if ready:
                     self._ready_changed.set()
+                    self.config.on_change()
                     self.log.info("worker_ready", pid=worker.pid, slot=slot)
                 code = await worker.wait_exit()
+                self.config.on_change()
             except asyncio.CancelledError:
                 raise
             except OSError as exc:

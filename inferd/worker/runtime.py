@@ -29,6 +29,7 @@ from inferd.worker.handler_class import BoundMethod, HandlerLoadError, construct
 from inferd.worker.ipc import FrameProtocol
 from inferd.worker.metrics_client import MetricsClient
 from inferd.worker.payload import PayloadError, is_form, parse_form, parse_payload
+from inferd.worker.rpc import END_OF_INPUT, RpcCall, rpc_methods, run_rpc
 from inferd.worker.render import JSON, RenderError, error_body, render, split_callback
 
 Outcome = tuple[int, list[list[str]], bytes, Callable[[], Any] | None]
@@ -47,6 +48,7 @@ class WorkerRuntime:
         self.tasks: set[asyncio.Future[Any]] = set()
         self.stopping = False
         self.inline = False
+        self.calls: dict[int, RpcCall] = {}
         self.max_part_size = 20 << 20
 
     async def run(self) -> int:
@@ -94,11 +96,33 @@ class WorkerRuntime:
         cls = find_class(module)
         available = {"config": copy.deepcopy(init.get("config") or {}),
                      "metrics_client": MetricsClient(self.channel.send_threadsafe)}
+        grpc = init.get("grpc")
+        if grpc:
+            available.update(self.load_proto(grpc))
         handler = construct(cls, available)
+        if grpc:
+            self.rpcs = {m["name"]: m for m in grpc["methods"]}
+            self.rpc_methods = rpc_methods(handler, grpc["methods"])
+            return
         self.methods = http_methods(handler)
         batching = init.get("batching")
         if batching and "post" in self.methods:
             self.batcher = Batcher(batching["max_batch_size"], batching["batch_interval"], self.run_batch)
+
+    def load_proto(self, grpc: dict[str, Any]) -> dict[str, Any]:
+        """The daemon compiled the proto already: this is a cache hit that imports ``<stem>_pb2``."""
+        # imported here so HTTP-only workers do not pay for protobuf at start
+        from google.protobuf import descriptor_pool, message_factory
+
+        from inferd.grpc.protos import compile_proto, load_pb2
+
+        compiled = compile_proto(Path(grpc["proto_path"]), Path(grpc["cache_dir"]))
+        module = load_pb2(compiled)
+        pool = descriptor_pool.Default()
+        self.input_classes = {m["name"]: message_factory.GetMessageClass(pool.FindMessageTypeByName(m["input_type"]))
+                              for m in grpc["methods"]}
+        # Cortex's validator wants proto_module_pb2; its docs wrote module_proto_pb2: accept both
+        return {"proto_module_pb2": module, "module_proto_pb2": module}
 
     # -- frames from the daemon -------------------------------------------------------------
 
@@ -106,6 +130,10 @@ class WorkerRuntime:
         kind = meta["t"]
         if kind == "call":
             self.track(self.loop.create_task(self.handle_call(meta, body)))
+        elif kind == "rpc":
+            self.start_rpc(meta, body)
+        elif kind in ("in", "in_end", "credit", "cancel"):
+            self.rpc_frame(kind, meta, body)
         elif kind == "sent":
             callback = self.callbacks.pop(meta["id"], None)
             if callback is not None:
@@ -215,6 +243,30 @@ class WorkerRuntime:
         self.log.error("handler_exception", verb=meta["verb"], request_id=meta.get("rid"),
                        exc_info=exc)
         return 500, JSON, error_body(self.api, f"{type(exc).__name__}: {exc}"), None
+
+    # -- gRPC -------------------------------------------------------------------------------
+
+    def start_rpc(self, meta: dict[str, Any], body: bytes) -> None:
+        call = RpcCall(meta, self.channel.send_threadsafe)
+        self.calls[call.id] = call
+        name = meta["m"]
+        future = self.loop.run_in_executor(self.pool, run_rpc, call, self.rpc_methods[name], self.rpcs[name],
+                                           self.input_classes[name], body, self.log)
+        future.add_done_callback(lambda _: self.calls.pop(call.id, None))
+        self.track(future)
+
+    def rpc_frame(self, kind: str, meta: dict[str, Any], body: bytes) -> None:
+        call = self.calls.get(meta["id"])
+        if call is None:
+            return
+        if kind == "in":
+            call.inputs.put(body)
+        elif kind == "in_end":
+            call.inputs.put(END_OF_INPUT)
+        elif kind == "credit":
+            call.out_credit.release(meta["n"])
+        else:
+            call.cancel()
 
     # -- server-side batching ----------------------------------------------------------------
 

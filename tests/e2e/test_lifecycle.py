@@ -105,3 +105,17 @@ def test_busy_port_is_a_clear_error(start_daemon) -> None:
     second = start_daemon(PROJECTS / "realtime", extra_args=["--port", str(first.port)])
     assert second.proc.wait(30) == 1
     assert "listen_failed" in second.logs()
+
+
+def test_validate_quotes_protoc_with_file_and_line() -> None:
+    result = subprocess.run([sys.executable, "-m", "inferd", "validate", "--project", str(PROJECTS / "badproto")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "cortex.yaml:1: apis[0].handler.protobuf_path:" in result.stderr
+    assert "broken.proto:6:" in result.stderr and '"Missing" is not defined' in result.stderr
+
+
+def test_daemon_refuses_a_proto_that_does_not_compile(start_daemon) -> None:
+    daemon = start_daemon(PROJECTS / "badproto")
+    assert daemon.proc.wait(30) == 2
+    assert "broken.proto:6:" in daemon.logs()

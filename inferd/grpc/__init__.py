@@ -1,0 +1,1 @@
+"""gRPC APIs (``handler.protobuf_path``): compiling the user's proto and serving it."""

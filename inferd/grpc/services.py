@@ -1,0 +1,45 @@
+"""Compiling a project's protos at load, as part of validation.
+
+A proto that does not compile, that does not define exactly one service, or whose service
+another API already exports, is a config error in the same form as cortex.yaml's own
+(file, line, field path), so ``inferd validate`` and the daemon report it alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inferd.grpc.protos import CompiledProto, ProtoError, compile_proto, package_warning
+from inferd.logs import get_logger
+from inferd.spec import ProjectSpec, SpecError, SpecIssue
+
+log = get_logger()
+
+
+def compile_project(project: ProjectSpec, cache_root: Path) -> dict[str, CompiledProto]:
+    """api name -> its compiled proto, for every gRPC API; raises SpecError listing all problems."""
+    compiled: dict[str, CompiledProto] = {}
+    issues: list[SpecIssue] = []
+    owners: dict[str, str] = {}
+    label = project.config_file.name
+    for index, api in enumerate(project.apis):
+        if not api.is_grpc:
+            continue
+        path = f"apis[{index}].handler.protobuf_path"
+        try:
+            result = compile_proto(project.project_dir / api.handler.protobuf_path, cache_root)
+        except ProtoError as exc:
+            issues.append(SpecIssue(label, api.line, path, str(exc)))
+            continue
+        if result.service_name in owners:
+            issues.append(SpecIssue(label, api.line, path, f"service {result.service_name} is already served by "
+                                    f"api '{owners[result.service_name]}'; two APIs cannot export the same service"))
+            continue
+        owners[result.service_name] = api.name
+        compiled[api.name] = result
+        warning = package_warning(result, api.name)
+        if warning:
+            log.warning("proto_package_differs", api=api.name, detail=warning)
+    if issues:
+        raise SpecError(issues)
+    return compiled

