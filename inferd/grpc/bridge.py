@@ -59,12 +59,6 @@ class RpcBridge:
         if end["code"] != 0:
             await context.abort(STATUS.get(end["code"], grpc.StatusCode.UNKNOWN), end.get("details", ""))
 
-    async def _single(self, call: StreamCall) -> bytes | None:
-        reply = None
-        async for body in call.messages():
-            reply = body
-        return reply
-
     async def _feed(self, call: StreamCall, requests: AsyncIterator[bytes]) -> None:
         async for body in requests:
             if not await call.send_input(body):
@@ -75,7 +69,7 @@ class RpcBridge:
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes | None:
             call = await self._open(method, context, request)
             try:
-                reply = await self._single(call)
+                reply = await call.single()
             finally:
                 call.cancel()  # no-op once finished; on a deadline or disconnect it stops the worker
             await self._close(call, context)
@@ -98,7 +92,7 @@ class RpcBridge:
             call = await self._open(method, context, b"")
             feeder = asyncio.get_running_loop().create_task(self._feed(call, requests))
             try:
-                reply = await self._single(call)
+                reply = await call.single()
             finally:
                 feeder.cancel()
                 call.cancel()

@@ -196,7 +196,7 @@ class WorkerProcess:
         elif kind == "credit":
             stream.on_credit(meta["n"])
         else:
-            stream.on_end(meta)
+            stream.on_end(meta, body)
 
     def _on_close(self, exc: Exception | None) -> None:
         if self.state in ("starting", "ready"):

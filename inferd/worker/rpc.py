@@ -123,8 +123,9 @@ class RpcCall:
         self._send({"t": "msg", "id": self.id}, message.SerializeToString())
         return True
 
-    def finish(self, code: int, details: str = "") -> None:
-        self._send({"t": "end", "id": self.id, "code": code, "details": details}, b"")
+    def finish(self, code: int, details: str = "", reply: bytes = b"") -> None:
+        """The call's last frame; a unary reply rides in it (one frame, one wake-up, not two)."""
+        self._send({"t": "end", "id": self.id, "code": code, "details": details, "reply": bool(reply)}, reply)
 
 
 def _checked(message: Any, expected: str, method: str) -> Any:
@@ -142,14 +143,17 @@ def run_rpc(call: RpcCall, method: BoundMethod, rpc: dict[str, Any], input_cls: 
         else:
             payload = input_cls.FromString(body)
         result = method.func(**method.kwargs({"payload": payload, "context": call.context}))
-        replies = result if rpc["server_streaming"] else (result,)
-        for message in replies:
-            if not call.send_message(_checked(message, rpc["output_type"], rpc["name"])):
-                break
+        reply = b""
+        if rpc["server_streaming"]:
+            for message in result:
+                if not call.send_message(_checked(message, rpc["output_type"], rpc["name"])):
+                    break
+        else:
+            reply = _checked(result, rpc["output_type"], rpc["name"]).SerializeToString()
         if call.cancelled.is_set():
             call.finish(CANCELLED, "the client cancelled the call")
         else:
-            call.finish(call.context.code or OK, call.context.details)
+            call.finish(call.context.code or OK, call.context.details, reply)
     except AbortCall as abort:
         call.finish(abort.code, abort.details)
     except Exception as exc:  # noqa: BLE001 - the handler's error becomes the call's status

@@ -247,11 +247,16 @@ class WorkerRuntime:
     # -- gRPC -------------------------------------------------------------------------------
 
     def start_rpc(self, meta: dict[str, Any], body: bytes) -> None:
+        name = meta["m"]
+        rpc = self.rpcs[name]
+        args = (self.rpc_methods[name], rpc, self.input_classes[name], body, self.log)
+        if self.inline and not (rpc["client_streaming"] or rpc["server_streaming"]):
+            # one thread and one message each way: nothing can block on credit, run it here
+            run_rpc(RpcCall(meta, self.channel.send), *args)
+            return
         call = RpcCall(meta, self.channel.send_threadsafe)
         self.calls[call.id] = call
-        name = meta["m"]
-        future = self.loop.run_in_executor(self.pool, run_rpc, call, self.rpc_methods[name], self.rpcs[name],
-                                           self.input_classes[name], body, self.log)
+        future = self.loop.run_in_executor(self.pool, run_rpc, call, *args)
         future.add_done_callback(lambda _: self.calls.pop(call.id, None))
         self.track(future)
 

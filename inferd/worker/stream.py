@@ -28,6 +28,7 @@ class StreamCall:
         self._credit = WINDOW
         self._credit_changed = asyncio.Event()
         self.end: dict[str, Any] | None = None
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
     def finished(self) -> bool:
@@ -42,10 +43,13 @@ class StreamCall:
         self._credit += count
         self._credit_changed.set()
 
-    def on_end(self, meta: dict[str, Any]) -> None:
-        """The worker's last frame for this call: its status; the worker slot is free again."""
+    def on_end(self, meta: dict[str, Any], body: bytes = b"") -> None:
+        """The worker's last frame for this call: its status (and a unary reply); the slot is free."""
         if self.end is None:
+            if meta.get("reply"):
+                self._messages.put_nowait(body)
             self.end = meta
+            self._done.set_result(None)
             self._messages.put_nowait(_END)
             self._credit_changed.set()
             self._on_finished(self.id)
@@ -74,6 +78,14 @@ class StreamCall:
         """The client went away or its deadline passed: tell the worker to stop producing."""
         if not self.finished:
             self._send({"t": "cancel", "id": self.id}, b"")
+
+    async def single(self) -> bytes | None:
+        """For unary replies: wait for the end, return the (last) message, no credit traffic."""
+        await self._done
+        reply = None
+        while (item := self._messages.get_nowait()) is not _END:
+            reply = item
+        return reply
 
     async def messages(self) -> AsyncIterator[bytes]:
         """The worker's messages in order; each one consumed returns a credit to the worker."""
