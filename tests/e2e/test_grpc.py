@@ -253,3 +253,25 @@ def test_health_follows_readiness_and_http_api_coexists(daemon: RunningDaemon) -
     api = daemon.api("predictor")
     assert api["endpoint"] == "/predictor.Predictor" and api["protocol"] == "grpc"
     assert daemon.client.post("/predictor", json={}).status_code == 404
+
+
+def test_changed_proto_is_served_after_restart(tmp_path: Path, start_daemon) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(PROJECTS / "grpc", project)
+    first = start_daemon(project)
+    first.wait_ready()
+    assert first.stop() == 0
+    proto = project / "predictor.proto"
+    proto.write_text(proto.read_text().replace("rpc Info (", "rpc Ping (Sample) returns (Response);\n  rpc Info ("))
+    handler = project / "handler.py"
+    handler.write_text(handler.read_text() + "\n    def Ping(self, payload):\n        return self.pb2.Response(text='pong')\n")
+    second = start_daemon(project, extra_args=["--state-dir", str(first.state_dir)])
+    second.wait_ready()
+    with grpc.insecure_channel(f"127.0.0.1:{second.grpc_port}") as channel:
+        ping = channel.unary_unary("/predictor.Predictor/Ping")
+        assert b"pong" in ping(b"")
+    # one cache entry per proto version: the old one was not overwritten, the new one compiled once
+    assert len([p for p in (first.state_dir / "protos").iterdir() if not p.name.startswith(".")]) == 2
+    if GRPCURL:
+        listing = grpcurl(second, "describe", "predictor.Predictor")
+        assert "rpc Ping" in listing.stdout
