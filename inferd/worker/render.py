@@ -42,6 +42,16 @@ def render(result: Any) -> Rendered:
         raise RenderError(f"handler returned a {type(result).__name__} that is not JSON-serialisable: {exc}") from None
 
 
+def render_json(result: Any) -> Rendered:
+    """AsyncAPI results are stored and served as JSON, so nothing else is accepted."""
+    if isinstance(result, (bytes, bytearray, memoryview, Response)):
+        raise RenderError(f"handle_async returned {type(result).__name__}; it must return a JSON-serialisable value")
+    try:
+        return 200, JSON, _dumps(result).encode()
+    except (TypeError, ValueError) as exc:
+        raise RenderError(f"handle_async returned a {type(result).__name__} that is not JSON-serialisable: {exc}") from None
+
+
 def render_response(response: Response) -> Rendered:
     body = getattr(response, "body", None)
     if not isinstance(body, (bytes, bytearray, memoryview)):

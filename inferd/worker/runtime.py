@@ -25,12 +25,12 @@ from starlette.exceptions import HTTPException
 
 from inferd.logs import configure_logging, get_logger
 from inferd.worker.batching import Batcher
-from inferd.worker.handler_class import BoundMethod, HandlerLoadError, construct, find_class, http_methods, load_module
+from inferd.worker.handler_class import BoundMethod, async_methods, HandlerLoadError, construct, find_class, http_methods, load_module
 from inferd.worker.ipc import FrameProtocol
 from inferd.worker.metrics_client import MetricsClient
 from inferd.worker.payload import PayloadError, is_form, parse_form, parse_payload
 from inferd.worker.rpc import END_OF_INPUT, RpcCall, rpc_methods, run_rpc
-from inferd.worker.render import JSON, RenderError, error_body, render, split_callback
+from inferd.worker.render import JSON, RenderError, error_body, render, render_json, split_callback
 
 Outcome = tuple[int, list[list[str]], bytes, Callable[[], Any] | None]
 
@@ -103,6 +103,9 @@ class WorkerRuntime:
         if grpc:
             self.rpcs = {m["name"]: m for m in grpc["methods"]}
             self.rpc_methods = rpc_methods(handler, grpc["methods"])
+            return
+        if init.get("kind") == "AsyncAPI":
+            self.methods = async_methods(handler)
             return
         self.methods = http_methods(handler)
         batching = init.get("batching")
@@ -196,7 +199,8 @@ class WorkerRuntime:
                            "cb": callback is not None}, out)
 
     async def form_payload(self, method: BoundMethod, meta: dict[str, Any], body: bytes) -> Any:
-        if "payload" in method.wants and is_form(meta.get("ct", "")):
+        # AsyncAPI payloads are never form-parsed (Cortex hands them over as bytes)
+        if "payload" in method.wants and meta["verb"] != "async" and is_form(meta.get("ct", "")):
             return await parse_form(meta["ct"], body, self.max_part_size)
         return None
 
@@ -204,6 +208,8 @@ class WorkerRuntime:
         values: dict[str, Any] = {}
         if "payload" in method.wants:
             values["payload"] = form if form is not None else parse_payload(meta.get("ct", ""), body)
+        if "request_id" in method.wants:
+            values["request_id"] = meta["rid"]
         if "query_params" in method.wants:
             values["query_params"] = QueryParams(meta.get("q", ""))
         if "headers" in method.wants:
@@ -227,9 +233,9 @@ class WorkerRuntime:
             return self.outcome(meta, result)
 
     def outcome(self, meta: dict[str, Any], result: Any) -> Outcome:
-        value, callback = split_callback(result)
+        value, callback = split_callback(result) if meta["verb"] != "async" else (result, None)
         try:
-            status, headers, out = render(value)
+            status, headers, out = render_json(value) if meta["verb"] == "async" else render(value)
         except RenderError as exc:
             self.log.error("handler_result_invalid", error=str(exc), request_id=meta.get("rid"))
             return 500, JSON, error_body(self.api, str(exc)), None

@@ -1,0 +1,132 @@
+"""Tables, the time encoding, and the ordered migrations that bring a database file up to date.
+
+The Core ``Table`` objects below describe the *current* shape and are what queries use. The
+migrations are plain DDL, frozen per version: a migration must never change once released, or
+files created by older releases would be migrated to a different shape than fresh ones.
+
+Times are stored as INTEGER microseconds since the Unix epoch, UTC: exact round trips (no float
+rounding), cheap to compare and index, and independent of any timezone setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    inspect,
+    text,
+)
+
+# Cortex's exact status strings (AsyncAPI, spec §4.2).
+IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED = "in_queue", "in_progress", "completed", "failed"
+STATUSES = (IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    # The rowid alias: submission order. Plain INTEGER PRIMARY KEY (no AUTOINCREMENT) is enough:
+    # a new row always gets max(seq)+1, so it sorts after every row still present.
+    Column("seq", Integer, primary_key=True),
+    Column("id", Text, nullable=False, unique=True),
+    Column("api", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("content_type", Text, nullable=False),
+    Column("headers", Text, nullable=False),  # JSON object of str -> str
+    Column("payload", LargeBinary),  # NULL once the job finished
+    Column("result", LargeBinary),  # JSON bytes exactly as the handler side gave them
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),  # µs since epoch, UTC
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger),
+)
+Index("jobs_api_status_seq", jobs.c.api, jobs.c.status, jobs.c.seq)
+Index("jobs_created_at", jobs.c.created_at)
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+
+
+class SchemaTooNew(RuntimeError):
+    """The file was written by a newer inferd; opening it could corrupt data the newer code needs."""
+
+
+def to_micros(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r}: the store's clock must return tz-aware UTC times")
+    return (moment - EPOCH) // _MICROSECOND
+
+
+def from_micros(value: int | None) -> datetime | None:
+    return None if value is None else EPOCH + timedelta(microseconds=value)
+
+
+def _v1_jobs(conn: Connection) -> None:
+    conn.exec_driver_sql(
+        """CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            api TEXT NOT NULL,
+            status TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            payload BLOB,
+            result BLOB,
+            error TEXT,
+            attempts INTEGER NOT NULL,
+            created_at BIGINT NOT NULL,
+            started_at BIGINT,
+            finished_at BIGINT)"""
+    )
+    conn.exec_driver_sql("CREATE INDEX jobs_api_status_seq ON jobs (api, status, seq)")
+    conn.exec_driver_sql("CREATE INDEX jobs_created_at ON jobs (created_at)")
+
+
+Migration = Callable[[Connection], None]
+# MIGRATIONS[i] takes a database from version i to version i + 1. Append only.
+MIGRATIONS: Sequence[Migration] = (_v1_jobs,)
+CURRENT_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring the file to version ``len(migrations)``, one transaction per step, and return the
+    version found. Each step re-reads the version inside its own (write-locked, see engine.py)
+    transaction, so two processes opening the same file at once cannot apply a step twice.
+    Call with a connection outside any transaction."""
+    found: int | None = None
+    while True:
+        # SQLite DDL is transactional: a step that fails leaves the previous version intact.
+        with conn.begin():
+            version = _ensure_version_row(conn)
+            found = version if found is None else found
+            if version > len(migrations):
+                raise SchemaTooNew(
+                    f"database schema version {version} is newer than this inferd knows "
+                    f"({len(migrations)}); upgrade inferd or point it at another state directory"
+                )
+            if version == len(migrations):
+                return found
+            migrations[version](conn)
+            conn.execute(text("UPDATE schema_version SET version = :v"), {"v": version + 1})
+
+
+def _ensure_version_row(conn: Connection) -> int:
+    if not inspect(conn).has_table("schema_version"):
+        conn.exec_driver_sql("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.exec_driver_sql("INSERT INTO schema_version (version) VALUES (0)")
+        return 0
+    return conn.execute(text("SELECT version FROM schema_version")).scalar_one_or_none() or 0
