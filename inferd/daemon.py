@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import socket
+from datetime import timedelta
 from collections.abc import Mapping
 
 import uvicorn
@@ -25,6 +26,7 @@ from inferd.logs import get_logger
 from inferd.metrics import Metrics
 from inferd.settings import Settings
 from inferd.spec import ProjectSpec, SpecError, load_project
+from inferd.store import AsyncJobStore
 
 log = get_logger()
 
@@ -81,6 +83,7 @@ class Daemon:
         self.app = InferdApp(system_app(self.describe_apis, self.metrics))
         self.events: asyncio.Queue[str] = asyncio.Queue()
         self.grpc: GrpcServer | None = None
+        self.store: AsyncJobStore | None = None
         self._readiness_changed = asyncio.Event()
 
     def describe_apis(self) -> list[dict]:
@@ -112,21 +115,47 @@ class Daemon:
         inventory = read_inventory() if any(api.gpus_per_replica for api in project.apis) else ()
         self.deployment = Deployment(project, self.settings, self.environ, inventory, self.metrics, protos,
                                      on_change=self._readiness_changed.set)
-        self.app.set_routes(self.deployment.routes(self.settings, self.metrics))
+        self.store = await self._open_store(project)
+        self.deployment.start(self.store)
+        self.app.set_routes(*self.deployment.routes(self.settings, self.metrics, self.store))
         self.grpc.route(self.deployment.rpc_routes(), protos)
-        self.deployment.start()
         server = HttpServer(self.app, self.settings)
         await server.startup(sockets=[sock])
         loop = asyncio.get_running_loop()
         serving = loop.create_task(server.main_loop())
         health = loop.create_task(self._follow_health())
+        sweeper = loop.create_task(self._sweep_forever()) if self.store else None
         log.info("inferd_started", host=self.settings.host, port=self.settings.port,
                  grpc_port=self.settings.grpc_port, pid=os.getpid(),
                  project=str(project.project_dir), apis=[api.name for api in project.apis])
         self._install_signals()
         await self._wait_for_stop()
         health.cancel()
-        return await self._shutdown(server, serving)
+        if sweeper is not None:
+            sweeper.cancel()
+        try:
+            return await self._shutdown(server, serving)
+        finally:
+            if self.store is not None:
+                await self.store.close()
+
+    async def _open_store(self, project: ProjectSpec) -> AsyncJobStore | None:
+        """The job store, when some API queues jobs; jobs a crash left running are requeued."""
+        if not any(api.kind == "AsyncAPI" for api in project.apis):
+            return None
+        store = await AsyncJobStore.open(self.settings.state_dir / "async.db")
+        requeued, failed = await store.recover()
+        if requeued or failed:
+            log.warning("async_jobs_recovered", requeued=requeued, failed=failed)
+        return store
+
+    async def _sweep_forever(self) -> None:
+        retention = timedelta(days=self.settings.async_retention_days)
+        while True:
+            deleted = await self.store.sweep(retention)
+            if deleted:
+                log.info("async_jobs_swept", deleted=deleted, retention_days=self.settings.async_retention_days)
+            await asyncio.sleep(self.settings.async_sweep_interval)
 
     async def _follow_health(self) -> None:
         """gRPC health mirrors worker readiness, updated on every worker change."""

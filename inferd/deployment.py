@@ -20,11 +20,14 @@ import grpc
 from inferd.grpc.bridge import RpcBridge
 from inferd.grpc.protos import CompiledProto
 from inferd.gpu import GpuDevice, GpuRequest, assign_gpus
+from inferd.http.asyncapi import AsyncEndpoint
 from inferd.http.realtime import RealtimeEndpoint
+from inferd.jobs.async_dispatch import AsyncDispatcher
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
 from inferd.settings import Settings
 from inferd.spec import ApiSpec, ProjectSpec
+from inferd.store import AsyncJobStore
 from inferd.worker.launch import init_frame, worker_slots
 from inferd.worker.pool import PoolConfig, WorkerPool
 
@@ -46,8 +49,8 @@ def grpc_init(compiled: CompiledProto, cache: Path) -> dict[str, Any]:
 
 def unsupported_reason(api: ApiSpec) -> str | None:
     """Why this version of inferd cannot serve the API yet, or None when it can."""
-    if api.kind != "RealtimeAPI":
-        return f"{api.kind} is not supported by this version of inferd yet (RealtimeAPI is)"
+    if api.kind not in ("RealtimeAPI", "AsyncAPI"):
+        return f"{api.kind} is not supported by this version of inferd yet (RealtimeAPI and AsyncAPI are)"
     if api.pod is not None:
         return "APIs with pod.containers are not supported by this version of inferd yet"
     if api.handler is None:
@@ -89,6 +92,7 @@ class Deployment:
         self.protos = dict(protos or {})
         self.proto_cache = proto_cache_dir(settings)
         self.on_change = on_change
+        self.dispatchers: dict[str, AsyncDispatcher] = {}
         self.apis: dict[str, ApiRuntime] = {}
         servable = [api for api in project.apis if unsupported_reason(api) is None]
         plan = assign_gpus(inventory, [GpuRequest(api.name, max(api.worker_count // api.processes_per_replica, 1),
@@ -117,7 +121,7 @@ class Deployment:
             init=init,
             cwd=str(self.project.project_dir),
             slots=worker_slots(environ, self.project, api, devices),
-            max_concurrency=api.autoscaling.max_replica_concurrency if api.autoscaling else 1024,
+            max_concurrency=self._concurrency(api),
             ready_wait=settings.ready_wait,
             stop_timeout=settings.shutdown_grace_period,
             on_metric=lambda frame, name=api.name: metrics.record_user(name, frame),
@@ -125,24 +129,53 @@ class Deployment:
             on_change=self.on_change,
         )
 
+    @staticmethod
+    def _concurrency(api: ApiSpec) -> int:
+        if api.kind == "AsyncAPI":
+            return 1  # one job at a time per worker, as Cortex ran one workload per replica
+        return api.autoscaling.max_replica_concurrency if api.autoscaling else 1024
+
     def pools(self) -> list[WorkerPool]:
         return [runtime.pool for runtime in self.apis.values() if runtime.pool is not None]
 
-    def start(self) -> None:
+    def start(self, store: AsyncJobStore | None = None) -> None:
+        """Start every pool, and a dispatcher per AsyncAPI feeding it from ``store``."""
         for pool in self.pools():
             pool.start()
+        for name, runtime in self.apis.items():
+            if runtime.spec.kind == "AsyncAPI" and runtime.pool is not None and store is not None:
+                slots = len(runtime.pool.config.slots)
+                self.dispatchers[name] = AsyncDispatcher(name, store, runtime.pool, slots)
+                self.dispatchers[name].start()
 
     async def stop(self, timeout: float) -> None:
+        # dispatchers first: a job already handed to a worker gets to finish before its pool drains
+        await asyncio.gather(*(d.stop(timeout) for d in self.dispatchers.values()))
         await asyncio.gather(*(pool.stop(timeout) for pool in self.pools()))
 
     def kill(self) -> None:
         for pool in self.pools():
             pool.kill()
 
-    def routes(self, settings: Settings, metrics: Metrics) -> dict[str, ASGIApp]:
-        """The HTTP routing table: endpoint -> RealtimeEndpoint, for every HTTP API with a pool."""
-        return {runtime.spec.networking.endpoint: RealtimeEndpoint(name, runtime.pool, settings.max_body_size, metrics)
-                for name, runtime in self.apis.items() if runtime.pool is not None and not runtime.spec.is_grpc}
+    def routes(self, settings: Settings, metrics: Metrics,
+               store: AsyncJobStore | None = None) -> tuple[dict[str, ASGIApp], dict[str, ASGIApp]]:
+        """The HTTP routing tables (exact paths, and paths taking one more segment)."""
+        routes: dict[str, ASGIApp] = {}
+        subroutes: dict[str, ASGIApp] = {}
+        for name, runtime in self.apis.items():
+            endpoint = runtime.spec.networking.endpoint
+            if runtime.pool is None or runtime.spec.is_grpc:
+                continue
+            if runtime.spec.kind == "AsyncAPI":
+                if store is None:
+                    continue
+                dispatcher = self.dispatchers.get(name)
+                app = AsyncEndpoint(name, endpoint, store, dispatcher.notify if dispatcher else lambda: None,
+                                    settings.max_body_size, settings.async_max_queue_length)
+                routes[endpoint] = subroutes[endpoint] = app
+            else:
+                routes[endpoint] = RealtimeEndpoint(name, runtime.pool, settings.max_body_size, metrics)
+        return routes, subroutes
 
     def rpc_routes(self) -> dict[str, grpc.RpcMethodHandler]:
         """The gRPC routing table: method path -> handler, for every gRPC API with a pool."""

@@ -31,6 +31,9 @@ class Settings:
     ready_wait: float = 30.0
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
+    async_retention_days: float = 7.0      # AsyncAPI jobs and results are deleted after this
+    async_max_queue_length: int = 10000    # per AsyncAPI; beyond it submissions get 503
+    async_sweep_interval: float = 3600.0   # seconds between retention sweeps
 
     def resolved(self) -> "Settings":
         return replace(self, project=self.project.expanduser().resolve(),
@@ -97,6 +100,10 @@ def _check(settings: Settings) -> Settings:
             raise SettingsError(f"{name}: must be a port number 0-65535, got {value}")
     if settings.max_body_size < 1:
         raise SettingsError(f"max_body_size: must be >= 1 byte, got {settings.max_body_size}")
+    if settings.async_retention_days <= 0 or settings.async_sweep_interval <= 0:
+        raise SettingsError("async_retention_days and async_sweep_interval must be > 0")
+    if settings.async_max_queue_length < 1:
+        raise SettingsError(f"async_max_queue_length: must be >= 1, got {settings.async_max_queue_length}")
     if settings.log_format not in ("auto", "json", "console"):
         raise SettingsError(f"log_format: must be auto, json or console, got {settings.log_format!r}")
     return settings

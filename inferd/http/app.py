@@ -16,9 +16,13 @@ class InferdApp:
     def __init__(self, system: ASGIApp) -> None:
         self.system = system
         self.routes: Mapping[str, ASGIApp] = {}
+        self.subroutes: Mapping[str, ASGIApp] = {}
 
-    def set_routes(self, routes: Mapping[str, ASGIApp]) -> None:
+    def set_routes(self, routes: Mapping[str, ASGIApp], subroutes: Mapping[str, ASGIApp] | None = None) -> None:
+        """``routes`` match the path exactly; ``subroutes`` also take one more segment
+        (AsyncAPI's ``/<endpoint>/<id>``)."""
         self.routes = dict(routes)
+        self.subroutes = dict(subroutes or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -29,7 +33,10 @@ class InferdApp:
         if path.startswith("/-/"):
             await self.system(scope, receive, send)
             return
-        endpoint = self.routes.get(path.rstrip("/") or "/")
+        path = path.rstrip("/") or "/"
+        endpoint = self.routes.get(path)
+        if endpoint is None:
+            endpoint = self.subroutes.get(path.rpartition("/")[0])
         if endpoint is None:
             await send_error(send, 404, None, f"no api is served at {path}")
             return

@@ -28,6 +28,10 @@ class ApiUnavailable(Exception):
     """No worker can take this call now (starting, failed, dead mid-call, or saturated)."""
 
 
+class WorkerDied(ApiUnavailable):
+    """The worker handling the call exited before answering it."""
+
+
 @dataclass(frozen=True)
 class WorkerSlot:
     """What one worker of the pool is started with."""
@@ -137,7 +141,26 @@ class WorkerPool:
         try:
             return await worker.call(meta, body)
         except WorkerGone as exc:
-            raise ApiUnavailable(str(exc)) from None
+            raise WorkerDied(str(exc)) from None
+
+    async def wait_slot_ready(self, slot: int) -> None:
+        """Until the worker in ``slot`` is ready (job runners bind one consumer to each worker)."""
+        while not self.stopping:
+            self._ready_changed.clear()
+            worker = self.workers[slot]
+            if worker is not None and worker.state == "ready":
+                return
+            await self._ready_changed.wait()
+        raise ApiUnavailable(self._not_ready_message())
+
+    async def call_slot(self, slot: int, meta: dict[str, Any], body: bytes) -> Reply:
+        worker = self.workers[slot]
+        if worker is None:
+            raise ApiUnavailable(self._not_ready_message())
+        try:
+            return await worker.call(meta, body)
+        except WorkerGone as exc:
+            raise WorkerDied(str(exc)) from None
 
     async def open_stream(self, meta: dict[str, Any], body: bytes) -> StreamCall:
         worker = await self._pick()

@@ -93,7 +93,8 @@ def test_gpu_api_without_gpus_fails_alone(tmp_path: Path) -> None:
     assert described["gpu-api"]["state"] == "failed"
     assert "no NVIDIA GPU is visible" in described["gpu-api"]["error"]
     assert deployment.apis["cpu-api"].pool is not None
-    assert set(deployment.routes(Settings(), Metrics())) == {"/cpu-api"}
+    routes, _ = deployment.routes(Settings(), Metrics())
+    assert set(routes) == {"/cpu-api"}
 
 
 def test_init_frame_carries_handler_settings(tmp_path: Path) -> None:

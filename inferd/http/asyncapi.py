@@ -1,0 +1,98 @@
+"""AsyncAPI over HTTP: ``POST /<endpoint>`` queues a job, ``GET /<endpoint>/<id>`` reports it.
+
+A submission is answered only after its row committed, so an acknowledged id survives a crash;
+bad input (malformed JSON, too large, queue full) is refused before anything is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from starlette.types import Receive, Scope, Send
+
+from inferd.http.realtime import BodyTooLarge, ClientGone, read_body
+from inferd.http.responses import send_bytes, send_error, send_json
+from inferd.store import COMPLETED, FAILED, AsyncJobStore, Job
+
+# Secrets and hop-by-hop headers are not kept for seven days in the job store.
+UNSTORED_HEADERS = frozenset({b"authorization", b"cookie", b"proxy-authorization", b"connection",
+                              b"keep-alive", b"transfer-encoding", b"upgrade", b"te"})
+
+
+def timestamp(job: Job) -> str:
+    moment = job.finished_at or job.created_at
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def status_body(job: Job) -> bytes:
+    """Cortex's shape; the stored result bytes are spliced in, never decoded and re-encoded."""
+    head = {"id": job.id, "status": job.status}
+    if job.status == FAILED:
+        head["error"] = job.error
+    text = json.dumps(head, separators=(",", ":")).encode()
+    if job.status != COMPLETED:
+        return text
+    stamp = json.dumps(timestamp(job)).encode()
+    return text[:-1] + b',"result":' + (job.result or b"null") + b',"timestamp":' + stamp + b"}"
+
+
+class AsyncEndpoint:
+    def __init__(self, api: str, endpoint: str, store: AsyncJobStore, notify: Callable[[], None],
+                 max_body_size: int, max_queue_length: int) -> None:
+        self.api = api
+        self.endpoint = endpoint
+        self.store = store
+        self.notify = notify
+        self.max_body_size = max_body_size
+        self.max_queue_length = max_queue_length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        job_id = scope["path"][len(self.endpoint):].strip("/")
+        if job_id and method == "GET":
+            await self._poll(job_id, send)
+        elif not job_id and method == "POST":
+            await self._submit(scope, receive, send)
+        else:
+            allow = b"GET" if job_id else b"POST"
+            await send_error(send, 405, self.api, f"method {method} is not allowed here; use {allow.decode()}",
+                             [(b"allow", allow)])
+
+    async def _poll(self, job_id: str, send: Send) -> None:
+        job = await self.store.get(job_id, self.api)
+        if job is None:
+            await send_bytes(send, 404, [(b"content-type", b"text/plain; charset=utf-8")],
+                             f"error: id {job_id} not found".encode())
+            return
+        await send_bytes(send, 200, [(b"content-type", b"application/json")], status_body(job))
+
+    async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k not in UNSTORED_HEADERS}
+        content_type = headers.get("content-type", "application/octet-stream")
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_size):
+            return await self._too_large(send)
+        try:
+            body = await read_body(receive, self.max_body_size)
+        except BodyTooLarge:
+            return await self._too_large(send)
+        except ClientGone:
+            return
+        if content_type.split(";", 1)[0].strip().lower() == "application/json":
+            try:
+                json.loads(body)
+            except ValueError as exc:
+                return await send_error(send, 400, self.api, f"malformed JSON body: {exc}")
+        queued = await self.store.queue_length(self.api)
+        if queued >= self.max_queue_length:
+            return await send_error(send, 503, self.api, f"api '{self.api}' has {queued} jobs queued, the limit "
+                                    f"(async_max_queue_length) is {self.max_queue_length}; retry later",
+                                    [(b"retry-after", b"1")])
+        job_id = await self.store.submit(self.api, body, content_type, headers)
+        self.notify()
+        await send_json(send, 200, {"id": job_id})
+
+    async def _too_large(self, send: Send) -> None:
+        await send_error(send, 413, self.api, f"request body is larger than the limit of {self.max_body_size} bytes",
+                         [(b"connection", b"close")])

@@ -1,0 +1,93 @@
+"""``AsyncDispatcher``: one AsyncAPI's queued jobs, fed to its workers in submission order.
+
+One consumer per worker slot, each running one job at a time (Cortex ran one workload per
+replica). A job whose worker dies goes back to the queue once; the store fails it on its
+second interruption, so a poison job cannot kill workers forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from inferd.logs import get_logger
+from inferd.store import AsyncJobStore, Job, UnknownJob
+from inferd.worker.pool import ApiUnavailable, WorkerDied, WorkerPool
+
+log = get_logger()
+IDLE_POLL = 1.0  # a missed wake-up costs at most this long
+
+
+def reply_error(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", "replace")[:1000]
+
+
+class AsyncDispatcher:
+    def __init__(self, api: str, store: AsyncJobStore, pool: WorkerPool, slots: int) -> None:
+        self.api = api
+        self.store = store
+        self.pool = pool
+        self.slots = slots
+        self.stopping = False
+        self._wakeup = asyncio.Event()
+        self._consumers: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._consumers = [loop.create_task(self._consume(slot)) for slot in range(self.slots)]
+
+    def notify(self) -> None:
+        """A job was submitted: wake an idle consumer now instead of at its next poll."""
+        self._wakeup.set()
+
+    async def stop(self, timeout: float) -> None:
+        """Stop claiming; jobs already running get ``timeout`` to finish, the rest stay
+        in_progress and are requeued by ``recover`` at the next start."""
+        self.stopping = True
+        self._wakeup.set()
+        if self._running:
+            await asyncio.wait(self._running, timeout=timeout)
+        for task in self._consumers:
+            task.cancel()
+        await asyncio.gather(*self._consumers, return_exceptions=True)
+
+    async def _consume(self, slot: int) -> None:
+        while not self.stopping:
+            try:
+                await self.pool.wait_slot_ready(slot)
+            except ApiUnavailable:
+                return
+            self._wakeup.clear()
+            job = await self.store.claim_next(self.api)
+            if job is None:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            # shielded: stopping the dispatcher must not abandon a job mid-call
+            task = asyncio.get_running_loop().create_task(self._run(slot, job))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            await asyncio.shield(task)
+
+    async def _run(self, slot: int, job: Job) -> None:
+        meta = {"t": "call", "verb": "async", "ct": job.content_type, "rid": job.id, "q": ""}
+        try:
+            reply = await self.pool.call_slot(slot, meta, job.payload or b"")
+        except (WorkerDied, ApiUnavailable) as exc:
+            status = await self.store.requeue(job.id)
+            log.warning("async_job_interrupted", api=self.api, request_id=job.id, error=str(exc), status=status)
+            return
+        try:
+            if reply.status == 200:
+                await self.store.complete(job.id, reply.body)
+            else:
+                await self.store.fail(job.id, reply_error(reply.body))
+                log.info("async_job_failed", api=self.api, request_id=job.id, status=reply.status)
+        except UnknownJob:
+            log.warning("async_job_vanished", api=self.api, request_id=job.id)  # swept while running

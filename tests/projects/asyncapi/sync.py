@@ -1,0 +1,6 @@
+class Handler:
+    def __init__(self, config):
+        pass
+
+    def handle_get(self):
+        return {"sync": True}
