@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -27,6 +28,25 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a project's cortex.yaml and exit")
     validate.add_argument("--project", type=Path, default=Path("."), help="project directory (default: .)")
+
+    for name, text in (("status", "show what the running daemon serves"),
+                       ("reload", "re-read cortex.yaml and the project files; exit 1 if the reload failed"),
+                       ("logs", "show an API's worker log lines")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--socket", type=Path, help="control socket (default: from settings)")
+        command.add_argument("--config", type=Path, help="daemon settings file, to find its socket")
+        command.add_argument("--state-dir", type=Path, dest="state_dir", help="the daemon's state dir")
+        if name == "status":
+            command.add_argument("api", nargs="?", default="", help="one API in detail")
+            command.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "logs":
+            command.add_argument("api")
+            command.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+            command.add_argument("--tail", type=int, default=100, help="recent lines first (default 100)")
+
+    install = commands.add_parser("install-service", help="install the systemd unit and default settings")
+    install.add_argument("--prefix", type=Path, default=Path("/"), help="root to install under (default /)")
+    install.add_argument("--project", type=Path, help="project directory the service will serve")
     return parser
 
 
@@ -55,28 +75,69 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    import tempfile
+    from inferd.control.target import validate
 
-    from inferd.grpc.services import compile_project
-    from inferd.spec import SpecError, load_project
+    ok, problems, notes = validate(args.project)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not ok:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    for note in notes[:-1]:
+        print(f"note: {note}")
+    print(f"{args.project.resolve() / 'cortex.yaml'}: {notes[-1]}")
+    return 0
+
+
+def _client(args: argparse.Namespace):  # -> ControlClient
+    from inferd.control.client import ControlClient
+    from inferd.settings import load_settings
+
+    path = args.socket
+    if path is None:
+        path = load_settings(args.config, os.environ, {"state_dir": args.state_dir}).control_socket
+    return ControlClient(path)
+
+
+def _control(args: argparse.Namespace) -> int:
+    from inferd.control.client import DaemonNotRunning, status_detail, status_table
+    from inferd.settings import SettingsError
 
     try:
-        project = load_project(args.project)
-        with tempfile.TemporaryDirectory(prefix="inferd-validate-") as cache:
-            compile_project(project, Path(cache))
-    except SpecError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
-        print(f"{len(exc.issues)} problem(s) found", file=sys.stderr)
-        return 1
-    for note in project.ignored:
-        print(f"note: {note}")
-    print(f"{project.config_file}: {len(project.apis)} api(s) valid: {', '.join(a.name for a in project.apis)}")
-    return 0
+        client = _client(args)
+        if args.command == "status":
+            reply = client.status(args.api)
+            if args.api and not reply.apis:
+                print(f"inferd: no api named {args.api!r}", file=sys.stderr)
+                return 1
+            if args.json:
+                print(json.dumps([json.loads(a.detail_json) for a in reply.apis], indent=2))
+            else:
+                print(status_detail(reply) if args.api else status_table(reply))
+            return 0
+        if args.command == "reload":
+            reply = client.reload()
+            print(("reloaded: " if reply.ok else "reload failed: ") + reply.summary,
+                  file=sys.stdout if reply.ok else sys.stderr)
+            return 0 if reply.ok else 1
+        for line in client.logs(args.api, args.follow, args.tail):
+            print(line, flush=True)
+        return 0
+    except (DaemonNotRunning, SettingsError) as exc:
+        print(f"inferd: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
-    return _validate(args)
+    if args.command == "validate":
+        return _validate(args)
+    if args.command == "install-service":
+        from inferd.service import install_service
+
+        return install_service(args.prefix, args.project)
+    return _control(args)

@@ -1,7 +1,8 @@
-"""The inferd daemon: one asyncio process wiring spec, deployment, HTTP server and signals.
+"""The inferd daemon: one asyncio process wiring spec, deployment, servers and signals.
 
-Like uvicorn's and gunicorn's supervisors, signals only put events on a queue; one explicit
-loop reads them and acts, so every state change happens in one place, in order.
+Like uvicorn's and gunicorn's supervisors, signals (and control-socket requests) only put
+events on a queue; one explicit loop reads them and acts, so every state change — reloads
+included — happens in one place, in order.
 """
 
 from __future__ import annotations
@@ -10,23 +11,32 @@ import asyncio
 import os
 import signal
 import socket
-from datetime import timedelta
+import time
 from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
 
 import uvicorn
 
-from inferd.deployment import Deployment, proto_cache_dir
+from inferd.control.schema import load_schema
+from inferd.control.server import ControlServer
+from inferd.control.target import DaemonControl
+from inferd.deployment import ApiRuntime, Deployment, proto_cache_dir
 from inferd.grpc.protos import CompiledProto
 from inferd.grpc.server import GrpcServer
 from inferd.grpc.services import compile_project
 from inferd.gpu import read_inventory
 from inferd.http.app import InferdApp
 from inferd.http.system import system_app
+from inferd.logbook import LogBook
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
+from inferd.notify import SystemdNotifier
+from inferd.reload import ReloadReport, api_digests, apply_reload
 from inferd.settings import Settings
 from inferd.spec import ProjectSpec, SpecError, load_project
 from inferd.store import AsyncJobStore
+from inferd.telemetry import refresh_gauges
 
 log = get_logger()
 
@@ -79,12 +89,20 @@ class Daemon:
         self.settings = settings
         self.environ = dict(os.environ if environ is None else environ)
         self.metrics = Metrics()
+        self.logbook = LogBook()
+        self.notifier = SystemdNotifier(self.environ)
         self.deployment: Deployment | None = None
         self.app = InferdApp(system_app(self.describe_apis, self.metrics))
-        self.events: asyncio.Queue[str] = asyncio.Queue()
+        self.events: asyncio.Queue[tuple[str, asyncio.Future[Any] | None]] = asyncio.Queue()
         self.grpc: GrpcServer | None = None
+        self.control: ControlServer | None = None
         self.store: AsyncJobStore | None = None
+        self.project: ProjectSpec | None = None
+        self.started_at = time.time()
+        self.last_reload = "none since start"
         self._readiness_changed = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._retiring: set[asyncio.Task[Any]] = set()
 
     def describe_apis(self) -> list[dict]:
         return self.deployment.describe() if self.deployment else []
@@ -93,6 +111,8 @@ class Daemon:
         """cortex.yaml and the protos it names; SpecError lists every problem."""
         project = load_project(self.settings.project)
         return project, compile_project(project, proto_cache_dir(self.settings))
+
+    # -- start ---------------------------------------------------------------------------------
 
     async def run(self) -> int:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -108,100 +128,191 @@ class Daemon:
         try:
             sock = listen_socket(self.settings.host, self.settings.port)
             await self.grpc.start()
+            await self._start_control()
         except OSError as exc:
             log.error("listen_failed", host=self.settings.host, port=self.settings.port,
                       grpc_port=self.settings.grpc_port, error=str(exc))
             return EXIT_FAILED
-        inventory = read_inventory() if any(api.gpus_per_replica for api in project.apis) else ()
-        self.deployment = Deployment(project, self.settings, self.environ, inventory, self.metrics, protos,
-                                     on_change=self._readiness_changed.set)
-        self.store = await self._open_store(project)
-        self.deployment.start(self.store)
-        self.app.set_routes(*self.deployment.routes(self.settings, self.metrics, self.store))
-        self.grpc.route(self.deployment.rpc_routes(), protos)
+        await self._deploy(project, protos)
         server = HttpServer(self.app, self.settings)
         await server.startup(sockets=[sock])
-        loop = asyncio.get_running_loop()
-        serving = loop.create_task(server.main_loop())
-        health = loop.create_task(self._follow_health())
-        sweeper = loop.create_task(self._sweep_forever()) if self.store else None
+        serving = asyncio.get_running_loop().create_task(server.main_loop())
+        for job in (self._follow_health(), self._sweep_forever(), self._announce_ready(),
+                    self._watchdog(), self._refresh_gauges()):
+            self._spawn(job)
         log.info("inferd_started", host=self.settings.host, port=self.settings.port,
                  grpc_port=self.settings.grpc_port, pid=os.getpid(),
                  project=str(project.project_dir), apis=[api.name for api in project.apis])
         self._install_signals()
-        await self._wait_for_stop()
-        health.cancel()
-        if sweeper is not None:
-            sweeper.cancel()
-        try:
-            return await self._shutdown(server, serving)
-        finally:
-            if self.store is not None:
-                await self.store.close()
+        await self._serve_events()
+        return await self._shutdown(server, serving)
+
+    async def _start_control(self) -> None:
+        schema = load_schema(proto_cache_dir(self.settings))
+        self.control = ControlServer(self.settings.control_socket, schema, DaemonControl(self))
+        await self.control.start()
+
+    async def _deploy(self, project: ProjectSpec, protos: dict[str, CompiledProto]) -> None:
+        self.project = project
+        self.store = await self._open_store(project)
+        self.deployment = Deployment(self.settings, self.environ, self.metrics, self.store,
+                                     on_change=self._readiness_changed.set, on_log=self.logbook.add)
+        digests = api_digests(project)
+        for runtime in self.deployment.build(project, protos, self._inventory(project), digests, digests).values():
+            self.deployment.install(runtime)
+        self._route()
+
+    def _inventory(self, project: ProjectSpec) -> tuple:
+        return read_inventory() if any(api.gpus_per_replica for api in project.apis) else ()
+
+    def _route(self) -> None:
+        assert self.deployment is not None and self.grpc is not None
+        self.app.set_routes(*self.deployment.routes())
+        self.grpc.route(self.deployment.rpc_routes(), self.deployment.protos())
+        self._readiness_changed.set()
 
     async def _open_store(self, project: ProjectSpec) -> AsyncJobStore | None:
         """The job store, when some API queues jobs; jobs a crash left running are requeued."""
-        if not any(api.kind == "AsyncAPI" for api in project.apis):
-            return None
+        if self.store is not None or not any(api.kind == "AsyncAPI" for api in project.apis):
+            return self.store
         store = await AsyncJobStore.open(self.settings.state_dir / "async.db")
         requeued, failed = await store.recover()
         if requeued or failed:
             log.warning("async_jobs_recovered", requeued=requeued, failed=failed)
         return store
 
-    async def _sweep_forever(self) -> None:
-        retention = timedelta(days=self.settings.async_retention_days)
+    def _spawn(self, job: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(job)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, event in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload")):
+            loop.add_signal_handler(sig, self.events.put_nowait, (event, None))
+
+    async def request_reload(self) -> ReloadReport:
+        """For the control socket: queue a reload and wait for its report."""
+        future: asyncio.Future[ReloadReport] = asyncio.get_running_loop().create_future()
+        self.events.put_nowait(("reload", future))
+        return await future
+
+    async def _serve_events(self) -> None:
         while True:
-            deleted = await self.store.sweep(retention)
-            if deleted:
-                log.info("async_jobs_swept", deleted=deleted, retention_days=self.settings.async_retention_days)
-            await asyncio.sleep(self.settings.async_sweep_interval)
+            event, future = await self.events.get()
+            if event == "stop":
+                return
+            report = await self.reload()
+            if future is not None and not future.done():
+                future.set_result(report)
+
+    async def reload(self) -> ReloadReport:
+        self.notifier.reloading()
+        log.info("reload_started")
+        try:
+            project, protos = self.load()
+        except SpecError as exc:
+            report = ReloadReport(errors={self.settings.project.name + "/cortex.yaml": str(exc)})
+        else:
+            log_project(project)
+            self.store = await self._open_store(project)
+            assert self.deployment is not None
+            self.deployment.store = self.store
+            report, retiring = await apply_reload(self.deployment, project, protos, self._inventory(project),
+                                                  self.settings.ready_wait)
+            self.project = project
+            self._route()
+            for runtime in retiring:
+                self._retiring.add(self._spawn(self._retire(runtime)))
+        self.last_reload = f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {'ok' if report.ok else 'FAILED'}: {report.summary()}"
+        (log.info if report.ok else log.error)("reload_finished", ok=report.ok, summary=report.summary())
+        self.notifier.ready(self._status_line())
+        return report
+
+    async def _retire(self, runtime: ApiRuntime) -> None:
+        assert self.deployment is not None
+        await self.deployment.retire(runtime, self.settings.shutdown_grace_period)
+        log.info("api_version_retired", api=runtime.spec.name)
+
+    # -- background ----------------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        states = [row["state"] for row in self.describe_apis()]
+        ready = states.count("ready")
+        return f"{ready}/{len(states)} APIs ready" + (f", {len(states) - ready} not ready" if ready < len(states) else "")
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once every API that can start has either started or failed trying."""
+        assert self.deployment is not None
+        pools = [rt.pool for rt in self.deployment.apis.values() if rt.pool is not None]
+        await asyncio.gather(*(pool.wait_all_ready(self.settings.ready_wait) for pool in pools))
+        self.notifier.ready(self._status_line())
+        log.info("inferd_ready", status=self._status_line())
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        while interval:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
 
     async def _follow_health(self) -> None:
         """gRPC health mirrors worker readiness, updated on every worker change."""
         while True:
             self._readiness_changed.clear()
-            if self.deployment is not None:
+            if self.deployment is not None and self.grpc is not None:
                 await self.grpc.set_health(self.deployment.readiness())
             await self._readiness_changed.wait()
 
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig, event in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload")):
-            loop.add_signal_handler(sig, self.events.put_nowait, event)
-
-    async def _wait_for_stop(self) -> None:
+    async def _sweep_forever(self) -> None:
+        retention = timedelta(days=self.settings.async_retention_days)
         while True:
-            event = await self.events.get()
-            if event == "stop":
-                return
-            if event == "reload":
-                log.warning("reload_not_supported",
-                            detail="this version of inferd applies cortex.yaml changes on restart only")
+            if self.store is not None:
+                deleted = await self.store.sweep(retention)
+                if deleted:
+                    log.info("async_jobs_swept", deleted=deleted, retention_days=self.settings.async_retention_days)
+            await asyncio.sleep(self.settings.async_sweep_interval)
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            if self.deployment is not None:
+                await refresh_gauges(self.metrics, self.deployment, self.store)
+            await asyncio.sleep(2.0)
+
+    # -- stop ----------------------------------------------------------------------------------
 
     async def _shutdown(self, server: HttpServer, serving: asyncio.Task[None]) -> int:
         log.info("inferd_stopping", grace_period=self.settings.shutdown_grace_period)
+        self.notifier.stopping()
         graceful = asyncio.get_running_loop().create_task(self._drain(server, serving))
+        code = EXIT_OK
         while not graceful.done():
             next_event = asyncio.ensure_future(self.events.get())
             await asyncio.wait({graceful, next_event}, return_when=asyncio.FIRST_COMPLETED)
-            if next_event.done() and next_event.result() == "stop":
+            if next_event.done() and next_event.result()[0] == "stop":
                 log.warning("inferd_forced_stop")
-                return await self._force(server, graceful)
+                code = await self._force(server, graceful)
+                break
             next_event.cancel()
-        log.info("inferd_stopped")
-        return EXIT_OK
+        await self._close()
+        log.info("inferd_stopped", code=code)
+        return code
 
     async def _drain(self, server: HttpServer, serving: asyncio.Task[None]) -> None:
         server.should_exit = True
         await serving
+        assert self.grpc is not None
         await asyncio.gather(server.shutdown(), self.grpc.stop(self.settings.shutdown_grace_period))
         if self.deployment is not None:
             await self.deployment.stop(self.settings.shutdown_grace_period)
+        await asyncio.gather(*self._retiring, return_exceptions=True)  # versions a reload replaced
 
     async def _force(self, server: HttpServer, graceful: asyncio.Task[None]) -> int:
         server.force_exit = True
-        await self.grpc.stop(0)
+        if self.grpc is not None:
+            await self.grpc.stop(0)
         if self.deployment is not None:
             self.deployment.kill()
         graceful.cancel()
@@ -209,3 +320,13 @@ class Daemon:
         if self.deployment is not None:
             await self.deployment.stop(1.0)  # reaps the killed processes: no zombie left
         return EXIT_FAILED
+
+    async def _close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.control is not None:
+            await self.control.stop()
+        if self.store is not None:
+            await self.store.close()
+        self.notifier.close()

@@ -1,6 +1,9 @@
-"""``Deployment``: the running form of one ``ProjectSpec`` — a WorkerPool per servable API,
-the GPU plan, and the HTTP routing table that points at them.
+"""``Deployment``: the running APIs — a WorkerPool per servable API, its dispatcher, and the
+HTTP and gRPC front objects that point at it.
 
+It lives as long as the daemon: a reload builds runtimes for new or changed APIs and swaps
+them in (``install``), and the front objects of an API persist across swaps, reading their
+pool at call time, so a request never reaches a pool that is already draining.
 APIs this version cannot serve (or whose GPUs are missing) are kept with their error, so the
 operator sees them in ``/-/apis`` and ``/-/ready`` instead of the daemon refusing to start.
 """
@@ -8,7 +11,7 @@ operator sees them in ``/-/apis`` and ``/-/ready`` instead of the daemon refusin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,14 +66,16 @@ def unsupported_reason(api: ApiSpec) -> str | None:
 @dataclass
 class ApiRuntime:
     spec: ApiSpec
+    digest: str
     pool: WorkerPool | None
     error: str | None = None
-    service: str | None = None
+    compiled: CompiledProto | None = None
+    dispatcher: AsyncDispatcher | None = None
 
     @property
     def endpoint(self) -> str:
         """gRPC APIs are reached at /<package>.<Service> on the gRPC port, as in Cortex."""
-        return f"/{self.service}" if self.service else self.spec.networking.endpoint
+        return f"/{self.compiled.service_name}" if self.compiled else self.spec.networking.endpoint
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"name": self.spec.name, "kind": self.spec.kind,
@@ -79,54 +84,67 @@ class ApiRuntime:
                                 "gpus_per_replica": self.spec.gpus_per_replica}
         if self.pool is None:
             return {**info, "state": "failed", "error": self.error, "desired_workers": 0,
-                    "ready_workers": 0, "workers": []}
+                    "ready_workers": 0, "restarts": 0, "workers": []}
         return {**info, **self.pool.describe(), "error": self.error or self.pool.error}
 
 
 class Deployment:
-    def __init__(self, project: ProjectSpec, settings: Settings, environ: Mapping[str, str],
-                 inventory: tuple[GpuDevice, ...], metrics: Metrics,
-                 protos: Mapping[str, CompiledProto] | None = None,
-                 on_change: Callable[[], None] = lambda: None) -> None:
-        self.project = project
-        self.protos = dict(protos or {})
-        self.proto_cache = proto_cache_dir(settings)
+    def __init__(self, settings: Settings, environ: Mapping[str, str], metrics: Metrics,
+                 store: AsyncJobStore | None = None, on_change: Callable[[], None] = lambda: None,
+                 on_log: Callable[[str, str], None] = lambda api, line: None) -> None:
+        self.settings = settings
+        self.environ = environ
+        self.metrics = metrics
+        self.store = store
         self.on_change = on_change
-        self.dispatchers: dict[str, AsyncDispatcher] = {}
+        self.on_log = on_log
+        self.proto_cache = proto_cache_dir(settings)
         self.apis: dict[str, ApiRuntime] = {}
+        self.fronts: dict[str, RealtimeEndpoint | AsyncEndpoint | RpcBridge] = {}
+
+    # -- building ----------------------------------------------------------------------------
+
+    def build(self, project: ProjectSpec, protos: Mapping[str, CompiledProto], inventory: tuple[GpuDevice, ...],
+              digests: Mapping[str, str], names: Iterable[str]) -> dict[str, ApiRuntime]:
+        """Runtimes (pools not started) for the named APIs of ``project``."""
+        wanted = set(names)
         servable = [api for api in project.apis if unsupported_reason(api) is None]
         plan = assign_gpus(inventory, [GpuRequest(api.name, max(api.worker_count // api.processes_per_replica, 1),
                                                   api.processes_per_replica, api.gpus_per_replica)
                                        for api in servable])
         for warning in plan.warnings:
             log.warning("gpu_shared", detail=warning)
+        built = {}
         for api in project.apis:
+            if api.name not in wanted:
+                continue
             error = unsupported_reason(api) or plan.errors.get(api.name)
             if error is not None:
                 log.error("api_not_started", api=api.name, error=error)
-                self.apis[api.name] = ApiRuntime(api, None, error)
+                built[api.name] = ApiRuntime(api, digests[api.name], None, error)
                 continue
-            pool = WorkerPool(self._pool_config(api, settings, environ, plan.devices[api.name], metrics))
-            compiled = self.protos.get(api.name)
-            self.apis[api.name] = ApiRuntime(api, pool, service=compiled.service_name if compiled else None)
+            compiled = protos.get(api.name)
+            pool = WorkerPool(self._pool_config(project, api, compiled, plan.devices[api.name]))
+            built[api.name] = ApiRuntime(api, digests[api.name], pool, compiled=compiled)
+        return built
 
-    def _pool_config(self, api: ApiSpec, settings: Settings, environ: Mapping[str, str],
-                     devices: tuple[tuple[int, ...], ...], metrics: Metrics) -> PoolConfig:
-        restarts = metrics.worker_restarts.labels(api.name)
-        init = init_frame(self.project, api, settings.max_body_size)
-        if api.name in self.protos:
-            init["grpc"] = grpc_init(self.protos[api.name], self.proto_cache)
+    def _pool_config(self, project: ProjectSpec, api: ApiSpec, compiled: CompiledProto | None,
+                     devices: tuple[tuple[int, ...], ...]) -> PoolConfig:
+        init = init_frame(project, api, self.settings.max_body_size)
+        if compiled is not None:
+            init["grpc"] = grpc_init(compiled, self.proto_cache)
         return PoolConfig(
             api=api.name,
             init=init,
-            cwd=str(self.project.project_dir),
-            slots=worker_slots(environ, self.project, api, devices),
+            cwd=str(project.project_dir),
+            slots=worker_slots(self.environ, project, api, devices),
             max_concurrency=self._concurrency(api),
-            ready_wait=settings.ready_wait,
-            stop_timeout=settings.shutdown_grace_period,
-            on_metric=lambda frame, name=api.name: metrics.record_user(name, frame),
-            on_restart=restarts.inc,
+            ready_wait=self.settings.ready_wait,
+            stop_timeout=self.settings.shutdown_grace_period,
+            on_metric=lambda frame, name=api.name: self.metrics.record_user(name, frame),
+            on_restart=self.metrics.worker_restarts.labels(api.name).inc,
             on_change=self.on_change,
+            on_log=lambda line, name=api.name: self.on_log(name, line),
         )
 
     @staticmethod
@@ -135,56 +153,87 @@ class Deployment:
             return 1  # one job at a time per worker, as Cortex ran one workload per replica
         return api.autoscaling.max_replica_concurrency if api.autoscaling else 1024
 
-    def pools(self) -> list[WorkerPool]:
-        return [runtime.pool for runtime in self.apis.values() if runtime.pool is not None]
+    # -- running -----------------------------------------------------------------------------
 
-    def start(self, store: AsyncJobStore | None = None) -> None:
-        """Start every pool, and a dispatcher per AsyncAPI feeding it from ``store``."""
-        for pool in self.pools():
-            pool.start()
-        for name, runtime in self.apis.items():
-            if runtime.spec.kind == "AsyncAPI" and runtime.pool is not None and store is not None:
-                slots = len(runtime.pool.config.slots)
-                self.dispatchers[name] = AsyncDispatcher(name, store, runtime.pool, slots)
-                self.dispatchers[name].start()
+    def install(self, runtime: ApiRuntime) -> ApiRuntime | None:
+        """Make ``runtime`` the served version of its API (its pool started, its front objects
+        pointed at it); returns the runtime it replaced, for the caller to ``retire``."""
+        name = runtime.spec.name
+        previous = self.apis.get(name)
+        if runtime.pool is not None:
+            if not runtime.pool.started:
+                runtime.pool.start()
+            if runtime.spec.kind == "AsyncAPI" and self.store is not None:
+                runtime.dispatcher = AsyncDispatcher(name, self.store, runtime.pool, len(runtime.pool.config.slots))
+                runtime.dispatcher.start()
+        self.apis[name] = runtime
+        self._point_front(runtime)
+        return previous
+
+    def _point_front(self, runtime: ApiRuntime) -> None:
+        name = runtime.spec.name
+        front = self.fronts.get(name)
+        kind = RpcBridge if runtime.compiled else AsyncEndpoint if runtime.spec.kind == "AsyncAPI" else RealtimeEndpoint
+        if runtime.pool is None or (runtime.spec.kind == "AsyncAPI" and self.store is None):
+            self.fronts.pop(name, None)
+            return
+        if not isinstance(front, kind):
+            front = self._new_front(runtime)
+            self.fronts[name] = front
+        front.repoint(runtime)
+
+    def _new_front(self, runtime: ApiRuntime) -> RealtimeEndpoint | AsyncEndpoint | RpcBridge:
+        name = runtime.spec.name
+        if runtime.compiled is not None:
+            return RpcBridge(name, runtime.pool, runtime.compiled.methods, self.metrics.recorder(name))
+        if runtime.spec.kind == "AsyncAPI":
+            return AsyncEndpoint(name, runtime.spec.networking.endpoint, self.store, lambda: None,
+                                 self.settings.max_body_size, self.settings.async_max_queue_length)
+        return RealtimeEndpoint(name, runtime.pool, self.settings.max_body_size, self.metrics)
+
+    async def retire(self, runtime: ApiRuntime, timeout: float) -> None:
+        """Drain a runtime that no longer receives calls: running jobs and requests finish."""
+        if runtime.dispatcher is not None:
+            await runtime.dispatcher.stop(timeout)
+        if runtime.pool is not None:
+            await runtime.pool.stop(timeout)
+
+    def remove(self, name: str) -> ApiRuntime | None:
+        self.fronts.pop(name, None)
+        return self.apis.pop(name, None)
 
     async def stop(self, timeout: float) -> None:
-        # dispatchers first: a job already handed to a worker gets to finish before its pool drains
-        await asyncio.gather(*(d.stop(timeout) for d in self.dispatchers.values()))
-        await asyncio.gather(*(pool.stop(timeout) for pool in self.pools()))
+        await asyncio.gather(*(self.retire(runtime, timeout) for runtime in self.apis.values()))
 
     def kill(self) -> None:
-        for pool in self.pools():
-            pool.kill()
+        for runtime in self.apis.values():
+            if runtime.pool is not None:
+                runtime.pool.kill()
 
-    def routes(self, settings: Settings, metrics: Metrics,
-               store: AsyncJobStore | None = None) -> tuple[dict[str, ASGIApp], dict[str, ASGIApp]]:
+    # -- what the front doors and the operator see --------------------------------------------
+
+    def routes(self) -> tuple[dict[str, ASGIApp], dict[str, ASGIApp]]:
         """The HTTP routing tables (exact paths, and paths taking one more segment)."""
         routes: dict[str, ASGIApp] = {}
         subroutes: dict[str, ASGIApp] = {}
-        for name, runtime in self.apis.items():
-            endpoint = runtime.spec.networking.endpoint
-            if runtime.pool is None or runtime.spec.is_grpc:
-                continue
-            if runtime.spec.kind == "AsyncAPI":
-                if store is None:
-                    continue
-                dispatcher = self.dispatchers.get(name)
-                app = AsyncEndpoint(name, endpoint, store, dispatcher.notify if dispatcher else lambda: None,
-                                    settings.max_body_size, settings.async_max_queue_length)
-                routes[endpoint] = subroutes[endpoint] = app
-            else:
-                routes[endpoint] = RealtimeEndpoint(name, runtime.pool, settings.max_body_size, metrics)
+        for name, front in self.fronts.items():
+            endpoint = self.apis[name].spec.networking.endpoint
+            if isinstance(front, AsyncEndpoint):
+                routes[endpoint] = subroutes[endpoint] = front
+            elif isinstance(front, RealtimeEndpoint):
+                routes[endpoint] = front
         return routes, subroutes
 
     def rpc_routes(self) -> dict[str, grpc.RpcMethodHandler]:
         """The gRPC routing table: method path -> handler, for every gRPC API with a pool."""
         table: dict[str, grpc.RpcMethodHandler] = {}
-        for name, compiled in self.protos.items():
-            pool = self.apis[name].pool
-            if pool is not None:
-                table.update(RpcBridge(name, pool, compiled.methods).handlers())
+        for front in self.fronts.values():
+            if isinstance(front, RpcBridge):
+                table.update(front.handlers())
         return table
+
+    def protos(self) -> dict[str, CompiledProto]:
+        return {name: rt.compiled for name, rt in self.apis.items() if rt.compiled is not None and rt.pool is not None}
 
     def readiness(self) -> dict[str, bool]:
         return {name: runtime.pool is not None and runtime.pool.state == "ready"

@@ -72,6 +72,37 @@ def read_inventory() -> tuple[GpuDevice, ...]:
     Returns () when pynvml, the driver or any GPU is absent: a GPU-less box is
     a normal state, so this never raises.
     """
+    return _nvml_query(_read_devices)
+
+
+@dataclass(frozen=True)
+class GpuUsage:
+    index: int
+    utilization: float  # 0..1 over NVML's last sample period
+    memory_used: int  # bytes
+    memory_total: int  # bytes
+
+
+def read_usage() -> tuple[GpuUsage, ...]:
+    """Per-device utilisation and memory, for /-/metrics; () without NVML, never raises."""
+    return _nvml_query(_read_usage)
+
+
+def _read_usage(nvml: Any) -> tuple[GpuUsage, ...]:
+    usage = []
+    for index in range(nvml.nvmlDeviceGetCount()):
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+            usage.append(GpuUsage(index, rates.gpu / 100, int(memory.used), int(memory.total)))
+        except Exception as exc:
+            log.debug("skipping GPU %d usage: %s", index, exc)
+    return tuple(usage)
+
+
+def _nvml_query(query: Any) -> tuple:
+    """Run ``query(pynvml)`` between nvmlInit and nvmlShutdown; () whenever NVML is unusable."""
     try:
         import pynvml  # imported lazily: optional at runtime, and patchable in tests
     except Exception:  # ImportError, or a broken install
@@ -82,7 +113,7 @@ def read_inventory() -> tuple[GpuDevice, ...]:
         log.debug("NVML not available: %s", exc)
         return ()
     try:
-        return _read_devices(pynvml)
+        return query(pynvml)
     except Exception as exc:  # e.g. nvmlDeviceGetCount failing: treat as no GPU
         log.warning("cannot read the GPU inventory from NVML: %s", exc)
         return ()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from collections import deque
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -10,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from inferd.logs import get_logger
 
+RECENT = 4096  # latency samples kept per API for `inferd status`
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_:]")
 _USER_KINDS = {"gauge": Gauge, "increment": Counter, "histogram": Histogram}
 _RECORD = {"gauge": "set", "increment": "inc", "histogram": "observe"}
@@ -26,13 +29,26 @@ class Metrics:
                                  ["api"], registry=self.registry)
         self.in_flight = Gauge("inferd_requests_in_flight", "Requests being handled", ["api"],
                                registry=self.registry)
+        self.queue_length = Gauge("inferd_queue_length", "AsyncAPI jobs waiting", ["api"], registry=self.registry)
+        self.jobs = Gauge("inferd_async_jobs", "AsyncAPI jobs in the store, by status", ["api", "status"],
+                          registry=self.registry)
+        self.gpu_utilization = Gauge("inferd_gpu_utilization_ratio", "GPU busy fraction (NVML)", ["gpu"],
+                                     registry=self.registry)
+        self.gpu_memory_used = Gauge("inferd_gpu_memory_used_bytes", "GPU memory in use (NVML)", ["gpu"],
+                                     registry=self.registry)
+        self.gpu_memory_total = Gauge("inferd_gpu_memory_total_bytes", "GPU memory (NVML)", ["gpu"],
+                                      registry=self.registry)
+        self.recorders: dict[str, RequestRecorder] = {}
         self.worker_restarts = Counter("inferd_worker_restarts", "Worker processes restarted",
                                        ["api"], registry=self.registry)
         self._user: dict[str, tuple[Any, tuple[str, ...]]] = {}
         self.log = get_logger()
 
     def recorder(self, api: str) -> "RequestRecorder":
-        return RequestRecorder(self, api)
+        """One per API, shared by its fronts across reloads so recent figures survive a swap."""
+        if api not in self.recorders:
+            self.recorders[api] = RequestRecorder(self, api)
+        return self.recorders[api]
 
     def record_user(self, api: str, frame: dict[str, Any]) -> None:
         """A handler's ``metrics_client`` call, tagged with its API like Cortex did."""
@@ -68,11 +84,24 @@ class RequestRecorder:
         self.api = api
         self.in_flight = metrics.in_flight.labels(api)
         self._latency = metrics.latency.labels(api)
-        self._by_code: dict[int, Any] = {}
+        self._by_code: dict[int | str, Any] = {}
+        self.recent: deque[tuple[float, float]] = deque(maxlen=RECENT)
 
-    def observe(self, code: int, seconds: float) -> None:
+    def observe(self, code: int | str, seconds: float) -> None:
         counter = self._by_code.get(code)
         if counter is None:
             counter = self._by_code[code] = self._metrics.requests.labels(self.api, str(code))
         counter.inc()
         self._latency.observe(seconds)
+        self.recent.append((time.monotonic(), seconds))
+
+    def summary(self, window: float = 60.0) -> dict[str, float]:
+        """Requests/s and p50/p99 latency (ms) over the last ``window`` seconds, for ``inferd status``."""
+        since = time.monotonic() - window
+        samples = sorted(seconds for at, seconds in self.recent if at >= since)
+        if not samples:
+            return {"requests_per_second": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
+        oldest = min(at for at, _ in self.recent if at >= since)
+        span = max(time.monotonic() - oldest, 1.0)
+        pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] * 1000  # noqa: E731
+        return {"requests_per_second": len(samples) / span, "p50_ms": pick(0.5), "p99_ms": pick(0.99)}

@@ -26,6 +26,7 @@ class Settings:
     port: int = 8888
     grpc_port: int = 8889
     state_dir: Path = Path("~/.local/state/inferd")
+    runtime_dir: Path = Path("")   # control socket; default $RUNTIME_DIRECTORY or <state_dir>/run
     max_body_size: int = 20 * 1024 * 1024
     shutdown_grace_period: float = 30.0
     ready_wait: float = 30.0
@@ -36,13 +37,19 @@ class Settings:
     async_sweep_interval: float = 3600.0   # seconds between retention sweeps
 
     def resolved(self) -> "Settings":
-        return replace(self, project=self.project.expanduser().resolve(),
-                       state_dir=self.state_dir.expanduser().resolve())
+        state_dir = self.state_dir.expanduser().resolve()
+        runtime_dir = self.runtime_dir if str(self.runtime_dir) not in ("", ".") else state_dir / "run"
+        return replace(self, project=self.project.expanduser().resolve(), state_dir=state_dir,
+                       runtime_dir=runtime_dir.expanduser().resolve())
+
+    @property
+    def control_socket(self) -> Path:
+        return self.runtime_dir / "control.sock"
 
 
-def _default_state_dir() -> Path:
+def _default_state_dir(environ: Mapping[str, str]) -> Path:
     # systemd's StateDirectory= hands us $STATE_DIRECTORY; outside systemd, stay in $HOME.
-    return Path(os.environ.get("STATE_DIRECTORY", "~/.local/state/inferd").split(":")[0])
+    return Path(environ.get("STATE_DIRECTORY", "~/.local/state/inferd").split(":")[0])
 
 
 def _coerce(name: str, value: Any, kind: type, origin: str) -> Any:
@@ -111,7 +118,8 @@ def _check(settings: Settings) -> Settings:
 
 def load_settings(config_file: Path | None, environ: Mapping[str, str], flags: Mapping[str, Any]) -> Settings:
     """``flags`` holds only the options given on the command line (None means not given)."""
-    settings = Settings(state_dir=_default_state_dir())
+    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]  # systemd's RuntimeDirectory=
+    settings = Settings(state_dir=_default_state_dir(environ), runtime_dir=Path(runtime))
     env_file = environ.get("INFERD_CONFIG")
     path = config_file or (Path(env_file) if env_file else None)
     if path is not None:

@@ -7,6 +7,7 @@ daemon never needs the user's message classes, only the method shapes.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,6 +16,7 @@ import grpc
 
 from inferd.grpc.protos import RpcMethod
 from inferd.logs import get_logger
+from inferd.metrics import RequestRecorder
 from inferd.worker.pool import ApiUnavailable, WorkerPool
 from inferd.worker.stream import StreamCall
 
@@ -29,10 +31,17 @@ _FACTORIES: dict[str, Callable[..., grpc.RpcMethodHandler]] = {
 
 
 class RpcBridge:
-    def __init__(self, api: str, pool: WorkerPool, methods: tuple[RpcMethod, ...]) -> None:
+    def __init__(self, api: str, pool: WorkerPool, methods: tuple[RpcMethod, ...],
+                 recorder: RequestRecorder | None = None) -> None:
         self.api = api
         self.pool = pool
         self.methods = methods
+        self.recorder = recorder
+
+    def repoint(self, runtime: Any) -> None:
+        """A reload replaced the API's workers (and maybe its proto): new calls go to them."""
+        self.pool = runtime.pool
+        self.methods = runtime.compiled.methods
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """gRPC method path -> handler, for the daemon's routing table."""
@@ -51,11 +60,15 @@ class RpcBridge:
             return await self.pool.open_stream(meta, body)
         except ApiUnavailable as exc:
             log.warning("rpc_unavailable", api=self.api, rpc=method.name, request_id=rid, error=str(exc))
+            if self.recorder is not None:
+                self.recorder.observe("UNAVAILABLE", 0.0)
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise  # abort raises; this line only satisfies the type checker
 
     async def _close(self, call: StreamCall, context: grpc.aio.ServicerContext) -> None:
         end = call.end or {"code": 0}
+        if self.recorder is not None:
+            self.recorder.observe(STATUS.get(end["code"], grpc.StatusCode.UNKNOWN).name, time.perf_counter() - call.started)
         if end["code"] != 0:
             await context.abort(STATUS.get(end["code"], grpc.StatusCode.UNKNOWN), end.get("details", ""))
 

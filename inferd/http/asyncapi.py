@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
@@ -46,6 +47,11 @@ class AsyncEndpoint:
         self.notify = notify
         self.max_body_size = max_body_size
         self.max_queue_length = max_queue_length
+
+    def repoint(self, runtime: Any) -> None:
+        """A reload replaced the API's workers: wake the new dispatcher on submissions."""
+        dispatcher = runtime.dispatcher
+        self.notify = dispatcher.notify if dispatcher is not None else (lambda: None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]

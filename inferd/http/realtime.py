@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
@@ -57,6 +58,10 @@ class RealtimeEndpoint:
         self.pool = pool
         self.max_body_size = max_body_size
         self.recorder = metrics.recorder(api)
+
+    def repoint(self, runtime: Any) -> None:
+        """A reload replaced the API's workers: calls from now on go to the new pool."""
+        self.pool = runtime.pool
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

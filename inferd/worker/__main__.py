@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.run
     code = runner(WorkerRuntime(args.fd).run())
     sys.stdout.flush()
+    sys.__stdout__.flush()
     # Handler threads may still be blocked in user code; they must not keep the process alive.
     os._exit(code)
 

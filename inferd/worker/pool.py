@@ -52,6 +52,7 @@ class PoolConfig:
     on_metric: MetricSink = field(default=lambda frame: None)
     on_restart: Callable[[], None] = field(default=lambda: None)
     on_change: Callable[[], None] = field(default=lambda: None)  # a worker became ready or left
+    on_log: Callable[[str], None] = field(default=lambda line: None)  # one worker log line (JSON)
 
 
 class WorkerPool:
@@ -67,6 +68,10 @@ class WorkerPool:
         self.log = get_logger(api=config.api)
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return bool(self._supervisors)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -121,7 +126,7 @@ class WorkerPool:
     def _new_worker(self, slot: int) -> WorkerProcess:
         spec = self.config.slots[slot]
         return WorkerProcess(self.api, slot, self.config.init, spec.env, self.config.cwd, spec.gpus,
-                             self.config.on_metric)
+                             self.config.on_metric, self.config.on_log)
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -142,6 +147,24 @@ class WorkerPool:
             return await worker.call(meta, body)
         except WorkerGone as exc:
             raise WorkerDied(str(exc)) from None
+
+    async def wait_all_ready(self, timeout: float) -> str | None:
+        """Until every worker is ready (None), or why that will not happen (an error text)."""
+        deadline = time.monotonic() + timeout
+        while not self.stopping:
+            self._ready_changed.clear()
+            if len(self.ready_workers()) == len(self.config.slots):
+                return None
+            if self._failing() or any(w is not None and w.state == "failed" for w in self.workers):
+                return self.error or "a worker failed to start"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return f"workers not ready after {timeout:.0f}s"
+            try:
+                await asyncio.wait_for(self._ready_changed.wait(), min(remaining, 0.5))
+            except asyncio.TimeoutError:
+                pass
+        return "the pool is stopping"
 
     async def wait_slot_ready(self, slot: int) -> None:
         """Until the worker in ``slot`` is ready (job runners bind one consumer to each worker)."""

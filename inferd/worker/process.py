@@ -40,7 +40,8 @@ class Reply:
 
 class WorkerProcess:
     def __init__(self, api: str, slot: int, init: dict[str, Any], env: dict[str, str], cwd: str,
-                 gpus: tuple[int, ...], on_metric: MetricSink) -> None:
+                 gpus: tuple[int, ...], on_metric: MetricSink,
+                 on_log: Callable[[str], None] = lambda line: None) -> None:
         self.api = api
         self.slot = slot
         self.gpus = gpus
@@ -48,6 +49,7 @@ class WorkerProcess:
         self._env = env
         self._cwd = cwd
         self._on_metric = on_metric
+        self._on_log = on_log
         self.state = "starting"
         self.pid: int | None = None
         self.in_flight = 0
@@ -228,10 +230,13 @@ class WorkerProcess:
                     pass
                 else:
                     sys.stdout.write(text + "\n")
+                    self._on_log(text)
                     continue
             if name == "stderr" and text.strip():
                 self._last_stderr = text.strip()
             self.log.info("worker_output", pid=self.pid, stream=name, line=text)
+            self._on_log(json.dumps({"event": "worker_output", "api": self.api, "worker": self.pid,
+                                     "stream": name, "line": text}))
         sys.stdout.flush()
 
     def describe(self) -> dict[str, Any]:

@@ -23,7 +23,9 @@ import structlog
 from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException
 
+from inferd.compat import SHIM_PATH
 from inferd.logs import configure_logging, get_logger
+from inferd.worker.output import PrintCapture
 from inferd.worker.batching import Batcher
 from inferd.worker.handler_class import BoundMethod, async_methods, HandlerLoadError, construct, find_class, http_methods, load_module
 from inferd.worker.ipc import FrameProtocol
@@ -81,11 +83,14 @@ class WorkerRuntime:
         self.api = init["api"]
         configure_logging(init.get("log_level", "info"), json_output=True, api=self.api, worker=os.getpid())
         self.log = get_logger()
+        # the logging handler kept the real stdout; prints become events with the request id
+        sys.stdout, sys.stderr = PrintCapture("stdout"), PrintCapture("stderr")
         project = Path(init["project_dir"])
         os.chdir(project)
         for entry in (init.get("python_path"), str(project)):
             if entry and entry not in sys.path:
                 sys.path.insert(0, entry)
+        sys.path.append(SHIM_PATH)  # last: a project's own module of the same name wins
         self.max_part_size = init.get("max_body_size", self.max_part_size)
         threads = init.get("threads", 1)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="handler")

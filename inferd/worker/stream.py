@@ -9,6 +9,7 @@ the daemon's memory, and a fast client cannot flood a slow handler either.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ class StreamCall:
         self._credit = WINDOW
         self._credit_changed = asyncio.Event()
         self.end: dict[str, Any] | None = None
+        self.started = time.perf_counter()
         self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property

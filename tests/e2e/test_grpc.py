@@ -271,7 +271,7 @@ def test_changed_proto_is_served_after_restart(tmp_path: Path, start_daemon) -> 
         ping = channel.unary_unary("/predictor.Predictor/Ping")
         assert b"pong" in ping(b"")
     # one cache entry per proto version: the old one was not overwritten, the new one compiled once
-    assert len([p for p in (first.state_dir / "protos").iterdir() if not p.name.startswith(".")]) == 2
+    assert len([p for p in (first.state_dir / "protos").iterdir() if (p / "predictor_pb2.py").exists()]) == 2
     if GRPCURL:
         listing = grpcurl(second, "describe", "predictor.Predictor")
         assert "rpc Ping" in listing.stdout

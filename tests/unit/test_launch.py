@@ -6,6 +6,7 @@ from pathlib import Path
 
 from inferd.gpu import GpuDevice
 from inferd.deployment import Deployment
+from inferd.reload import api_digests
 from inferd.metrics import Metrics
 from inferd.settings import Settings
 from inferd.spec import parse_apis
@@ -22,6 +23,11 @@ def project(tmp_path: Path, yaml: str):
 
 def device(index: int, free_gib: int) -> GpuDevice:
     return GpuDevice(index, f"GPU-{index}", "Test GPU", 80 << 30, free_gib << 30)
+
+
+def build_all(spec, inventory):
+    names = [api.name for api in spec.apis]
+    return Deployment(Settings(), {}, Metrics()).build(spec, {}, inventory, api_digests(spec), names)
 
 
 def test_environment_precedence_and_daemon_only_variables(tmp_path: Path) -> None:
@@ -70,11 +76,11 @@ def test_deployment_pins_each_replica_to_its_gpus(tmp_path: Path) -> None:
   handler: {type: python, path: handler.py}
 """)
     inventory = (device(0, 10), device(1, 70))
-    deployment = Deployment(spec, Settings(), {}, inventory, Metrics())
-    slots = deployment.apis["big"].pool.config.slots
+    built = build_all(spec, inventory)
+    slots = built["big"].pool.config.slots
     # replica 0 takes the device with most free memory; its two processes share it
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["1", "1", "0", "0"]
-    cpu = deployment.apis["cpu"].pool.config.slots
+    cpu = built["cpu"].pool.config.slots
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in cpu] == [""]
 
 
@@ -88,13 +94,11 @@ def test_gpu_api_without_gpus_fails_alone(tmp_path: Path) -> None:
   kind: RealtimeAPI
   handler: {type: python, path: handler.py}
 """)
-    deployment = Deployment(spec, Settings(), {}, (), Metrics())
-    described = {d["name"]: d for d in deployment.describe()}
+    built = build_all(spec, ())
+    described = {name: runtime.describe() for name, runtime in built.items()}
     assert described["gpu-api"]["state"] == "failed"
     assert "no NVIDIA GPU is visible" in described["gpu-api"]["error"]
-    assert deployment.apis["cpu-api"].pool is not None
-    routes, _ = deployment.routes(Settings(), Metrics())
-    assert set(routes) == {"/cpu-api"}
+    assert built["cpu-api"].pool is not None
 
 
 def test_init_frame_carries_handler_settings(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Cortex compatibility package (see inferd.compat)."""

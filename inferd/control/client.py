@@ -1,0 +1,88 @@
+"""The CLI's side of ``inferd.v1.Control``: calls over the daemon's Unix socket, and the
+tables ``inferd status`` prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from inferd.control.schema import SERVICE, ControlSchema, load_schema
+
+
+class DaemonNotRunning(Exception):
+    pass
+
+
+class ControlClient:
+    def __init__(self, socket_path: Path, timeout: float = 300.0) -> None:
+        if not socket_path.exists():
+            raise DaemonNotRunning(f"inferd is not running: no control socket at {socket_path} "
+                                   "(start it with `inferd run`, or point --socket/--config at the right daemon)")
+        self.path = socket_path
+        self.timeout = timeout
+        self.schema: ControlSchema = load_schema(Path(tempfile.gettempdir()) / f"inferd-cli-{os.getuid()}")
+        self.channel = grpc.insecure_channel(f"unix:{socket_path}")
+
+    def _call(self, method: str, request: Any, stream: bool = False) -> Any:
+        path = f"/{SERVICE}/{method}"
+        make = self.channel.unary_stream if stream else self.channel.unary_unary
+        call = make(path, request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=self.schema.reply_class(method).FromString)
+        try:
+            return call(request, timeout=None if stream else self.timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise DaemonNotRunning(f"inferd is not answering on {self.path}: {exc.details()}") from None
+            raise
+
+    def status(self, api: str = "") -> Any:
+        return self._call("Status", self.schema.request_class("Status")(api=api))
+
+    def reload(self) -> Any:
+        return self._call("Reload", self.schema.request_class("Reload")())
+
+    def logs(self, api: str, follow: bool, tail: int) -> Iterator[str]:
+        try:
+            for line in self._call("Logs", self.schema.request_class("Logs")(api=api, follow=follow, tail=tail), True):
+                yield line.line
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise
+
+
+COLUMNS = ("API", "KIND", "ENDPOINT", "WORKERS", "GPUS", "REQ/S", "P50 MS", "P99 MS", "QUEUE", "STATE", "LAST ERROR")
+
+
+def status_table(reply: Any) -> str:
+    rows = [(a.name, a.kind, a.endpoint, f"{a.ready_workers}/{a.desired_workers}",
+             ",".join(map(str, a.gpus)) or "-", f"{a.requests_per_second:.1f}", f"{a.p50_ms:.1f}",
+             f"{a.p99_ms:.1f}", str(a.queue_length) if a.kind == "AsyncAPI" else "-", a.state,
+             (a.last_error or "-")[:60]) for a in reply.apis]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(COLUMNS, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (COLUMNS, *rows)]
+    footer = f"\ninferd pid {reply.pid}, up {reply.uptime_seconds:.0f}s, project {reply.project}\nlast reload: {reply.last_reload}"
+    return "\n".join(lines) + footer
+
+
+def status_detail(reply: Any) -> str:
+    api = reply.apis[0]
+    detail = json.loads(api.detail_json)
+    lines = [f"{api.name} ({api.kind}) at {api.endpoint}: {api.state}",
+             f"workers {api.ready_workers}/{api.desired_workers} ready, {api.restarts} restart(s)",
+             f"requests/s {api.requests_per_second:.1f}, p50 {api.p50_ms:.1f} ms, p99 {api.p99_ms:.1f} ms"]
+    if api.kind == "AsyncAPI":
+        lines.append(f"queue length {api.queue_length}")
+    for worker in detail.get("workers", []):
+        lines.append(f"  worker slot {worker['slot']}: pid {worker['pid']} {worker['state']} "
+                     f"gpus {worker['gpus'] or '-'} in flight {worker['in_flight']}")
+    lines.append(f"last error: {api.last_error or '-'}")
+    if api.recent_errors:
+        lines.append("recent errors:")
+        lines.extend(f"  {error}" for error in api.recent_errors)
+    return "\n".join(lines)
