@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -49,6 +50,7 @@ GET_P99_TARGET = 10.0  # ms
 BODY = '{"text": "hello", "n": 1}'
 HANDLER = ("class Handler:\n    def __init__(self, config):\n        pass\n\n"
            "    def handle_async(self, payload, request_id):\n        return {\"ok\": True}\n")
+PROBES = {"inferd": ("/-/ready", 200), "bare": (f"/{API}/not-a-job", 404)}  # path, status once up
 CORTEX = f"- name: {API}\n  kind: AsyncAPI\n  handler:\n    type: python\n    path: handler.py\n"
 
 POST_LUA = f"""wrk.method = "POST"
@@ -106,17 +108,18 @@ def start_bare(root: Path, db: Path, port: int) -> subprocess.Popen:
     return start([sys.executable, str(HERE / "async_bare_app.py"), str(port), str(db)], root / f"bare-{db.stem}.log")
 
 
-def wait_for(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    """Up once GET of an unknown id answers 404 (and nothing gets submitted)."""
+def wait_for(name: str, url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """inferd: until /-/ready says its worker is up; bare: until GET of an unknown id answers 404."""
+    path, expected = PROBES[name]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if httpx.get(f"{url}/{API}/not-a-job").status_code == 404:
+            if httpx.get(url + path).status_code == expected:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up (exit code {proc.poll()})")
+    raise SystemExit(f"{name} at {url} did not come up (exit code {proc.poll()})")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -158,7 +161,7 @@ def run_wrk(url: str, threads: int, connections: int, seconds: int, script: Path
 def check_rows(db: Path, acked_ids: Path) -> dict[str, int]:
     """Read after the server stopped: are all the ids wrk was given in the file?"""
     acked = set(acked_ids.read_text().split())
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         stored = {row[0] for row in conn.execute("SELECT id FROM jobs")}
         statuses = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
     return {"acked": len(acked), "rows": len(stored), "missing": len(acked - stored),
@@ -167,7 +170,7 @@ def check_rows(db: Path, acked_ids: Path) -> dict[str, int]:
 
 def measure_submit(name: str, url: str, proc: subprocess.Popen, root: Path, args: argparse.Namespace
                    ) -> tuple[dict[str, float], Path]:
-    wait_for(url, proc)
+    wait_for(name, url, proc)
     warmup = write_lua(root, "post.lua", POST_LUA, Path("/dev/null"))
     run_wrk(f"{url}/{API}", 1, 4, 2, warmup)
     ids = root / f"acked-{name}.txt"
@@ -180,7 +183,7 @@ def submit_case(root: Path, args: argparse.Namespace) -> None:
     servers = {"inferd": (lambda port: start_inferd(root, state, port), state / "async.db"),
                "bare": (lambda port: start_bare(root, bare_db, port), bare_db)}
     results = {}
-    for name, (launch, db) in servers.items():  # one at a time: inferd's worker is still busy after wrk
+    for name, (launch, db) in servers.items():  # one at a time, never sharing the CPUs
         port = free_port()
         proc = launch(port)
         try:
@@ -247,7 +250,7 @@ def measure_get(name: str, url: str, proc: subprocess.Popen, root: Path, ids: li
     ids_path = root / f"get-ids-{name}.txt"
     ids_path.write_text("\n".join(ids) + "\n")
     script = write_lua(root, f"get-{name}.lua", GET_LUA, ids_path)
-    wait_for(url, proc)
+    wait_for(name, url, proc)
     job = httpx.get(f"{url}/{API}/{ids[0]}").json()
     if job.get("status") != "completed" or job.get("result") != {"ok": True}:
         raise SystemExit(f"{name}: a prefilled job reads back as {job}")

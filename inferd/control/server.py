@@ -58,8 +58,11 @@ class ControlServer:
 
     def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         def unary(func: Callable[[Any], Awaitable[Any]], method: str) -> grpc.RpcMethodHandler:
+            async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await func(request)
+
             return grpc.unary_unary_rpc_method_handler(
-                lambda request, context: func(request),
+                behaviour,
                 request_deserializer=self.schema.request_class(method).FromString,
                 response_serializer=lambda message: message.SerializeToString())
 
