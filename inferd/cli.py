@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", type=Path, dest="state_dir", help="where inferd keeps its state")
     run.add_argument("--config", type=Path, help="daemon settings file (YAML), e.g. config/inferd.yaml")
     run.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--watch", action="store_true", help="reload when cortex.yaml or a project file changes")
 
     validate = commands.add_parser("validate", help="check a project's cortex.yaml and exit")
     validate.add_argument("--project", type=Path, default=Path("."), help="project directory (default: .)")
@@ -69,9 +70,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        return uvloop.run(Daemon(settings).run())
+        return uvloop.run(Daemon(settings, watch=args.watch).run())
     except ImportError:
-        return asyncio.run(Daemon(settings).run())
+        return asyncio.run(Daemon(settings, watch=args.watch).run())
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from datetime import timedelta
 from typing import Any
 
@@ -85,8 +86,9 @@ def log_project(project: ProjectSpec) -> None:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None, watch: bool = False) -> None:
         self.settings = settings
+        self.watch = watch
         self.environ = dict(os.environ if environ is None else environ)
         self.metrics = Metrics()
         self.logbook = LogBook()
@@ -140,6 +142,8 @@ class Daemon:
         for job in (self._follow_health(), self._sweep_forever(), self._announce_ready(),
                     self._watchdog(), self._refresh_gauges()):
             self._spawn(job)
+        if self.watch:
+            self._spawn(self._watch_project())
         log.info("inferd_started", host=self.settings.host, port=self.settings.port,
                  grpc_port=self.settings.grpc_port, pid=os.getpid(),
                  project=str(project.project_dir), apis=[api.name for api in project.apis])
@@ -251,6 +255,18 @@ class Daemon:
         await asyncio.gather(*(pool.wait_all_ready(self.settings.ready_wait) for pool in pools))
         self.notifier.ready(self._status_line())
         log.info("inferd_ready", status=self._status_line())
+
+    async def _watch_project(self) -> None:
+        """--watch: a burst of edits (an editor saving several files) becomes one reload."""
+        from watchfiles import awatch
+
+        def relevant(change: Any, path: str) -> bool:
+            parts = Path(path).relative_to(self.settings.project).parts
+            return not any(p.startswith(".") and p != ".env" or p == "__pycache__" for p in parts)
+
+        async for _ in awatch(self.settings.project, watch_filter=relevant, debounce=500, step=100):
+            log.info("project_changed", detail="reloading (--watch)")
+            self.events.put_nowait(("reload", None))
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval

@@ -146,3 +146,17 @@ def test_retention_sweep_deletes_old_jobs(project: Path, start_daemon) -> None:
     assert daemon.client.get(f"/jobs/{job_id}").status_code == 404
     assert rows(daemon) == 0
     assert any(e.get("event") == "async_jobs_swept" for e in daemon.log_events())
+
+
+def test_job_metrics_follow_the_store(project: Path, start_daemon) -> None:
+    daemon = start_daemon(project)
+    daemon.wait_ready()
+    poll(daemon, submit(daemon, json={"x": 1}))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = daemon.client.get("/-/metrics").text
+        if 'inferd_async_jobs{api="jobs",status="completed"} 1.0' in text:
+            break
+        time.sleep(0.2)
+    assert 'inferd_async_jobs{api="jobs",status="completed"} 1.0' in text
+    assert 'inferd_queue_length{api="jobs"} 0.0' in text

@@ -253,6 +253,9 @@ def test_health_follows_readiness_and_http_api_coexists(daemon: RunningDaemon) -
     api = daemon.api("predictor")
     assert api["endpoint"] == "/predictor.Predictor" and api["protocol"] == "grpc"
     assert daemon.client.post("/predictor", json={}).status_code == 404
+    metrics = daemon.client.get("/-/metrics").text
+    assert 'inferd_requests_total{api="predictor",code="OK"}' in metrics
+    assert 'inferd_requests_total{api="predictor",code="INTERNAL"}' in metrics
 
 
 def test_changed_proto_is_served_after_restart(tmp_path: Path, start_daemon) -> None:

@@ -217,3 +217,14 @@ def test_install_service_writes_a_unit_systemd_accepts(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze not installed (apt-get install systemd)")
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stderr
+
+
+def test_watch_reloads_on_file_change(project: Path, start_daemon) -> None:
+    daemon = start_daemon(project, extra_args=["--watch"])
+    daemon.wait_ready()
+    assert daemon.client.post("/main", json={}).json()["version"] == 1
+    bump_version(project, 4)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and daemon.client.post("/main", json={}).json()["version"] != 4:
+        time.sleep(0.2)
+    assert daemon.client.post("/main", json={}).json()["version"] == 4
