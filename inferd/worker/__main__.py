@@ -22,6 +22,10 @@ def die_with_parent() -> None:
         return  # not Linux: the closed IPC socket still ends us
 
 
+def _ignore(signum: int, frame: object) -> None:
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="inferd.worker")
     parser.add_argument("--fd", type=int, required=True, help="inherited socket to the daemon")
@@ -30,9 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     if args.parent and os.getppid() != args.parent:
         return 1
-    # The daemon stops us with a "stop" frame; SIGINT from a terminal's Ctrl-C goes to the
-    # whole process group and must not kill a worker the daemon is still draining.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The daemon alone decides when a worker stops (a "stop" frame after draining). Ctrl-C in
+    # a terminal, or a SIGTERM sent to the whole process group, reaches the daemon too, which
+    # then drains us; acting on it here would only race that drain. SIGKILL still works.
+    # A no-op handler rather than SIG_IGN: ignored signals would be inherited through exec by
+    # any process the handler code starts; caught ones are reset to default there.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _ignore)
     configure_logging(json_output=True, worker=os.getpid())
     try:
         import uvloop

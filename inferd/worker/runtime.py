@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import signal
 import socket
 import sys
 import traceback
@@ -61,7 +60,6 @@ class WorkerRuntime:
         _, self.channel = await self.loop.connect_accepted_socket(
             lambda: FrameProtocol(self.on_frame, self.on_close), sock
         )
-        self.loop.add_signal_handler(signal.SIGTERM, self.drain)
         try:
             init = await self.init
         except asyncio.CancelledError:  # the daemon went away or stopped us before init
@@ -152,7 +150,7 @@ class WorkerRuntime:
             self.drain()
 
     def drain(self) -> None:
-        """Finish what is in flight, then exit (the stop frame, or SIGTERM from a process group)."""
+        """Finish what is in flight, then exit (the daemon's stop frame)."""
         self.stopping = True
         if not self.init.done():
             self.init.cancel()
