@@ -13,8 +13,8 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -23,10 +23,10 @@ from inferd.control.schema import load_schema
 from inferd.control.server import ControlServer
 from inferd.control.target import DaemonControl
 from inferd.deployment import ApiRuntime, Deployment, proto_cache_dir
+from inferd.gpu import read_inventory
 from inferd.grpc.protos import CompiledProto
 from inferd.grpc.server import GrpcServer
 from inferd.grpc.services import compile_project
-from inferd.gpu import read_inventory
 from inferd.http.app import InferdApp
 from inferd.http.system import system_app
 from inferd.logbook import LogBook

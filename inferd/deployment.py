@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 from starlette.types import ASGIApp
 
-import grpc
-
+from inferd.gpu import GpuDevice, GpuRequest, assign_gpus
 from inferd.grpc.bridge import RpcBridge
 from inferd.grpc.protos import CompiledProto
-from inferd.gpu import GpuDevice, GpuRequest, assign_gpus
 from inferd.http.asyncapi import AsyncEndpoint
 from inferd.http.realtime import RealtimeEndpoint
 from inferd.jobs.async_dispatch import AsyncDispatcher

@@ -6,7 +6,6 @@ cortex.yaml (``inferd.spec``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path

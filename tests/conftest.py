@@ -127,6 +127,28 @@ def start_daemon(tmp_path: Path) -> Iterator:
         daemon.stop()
 
 
+def shared_daemon(project: str, factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    """Body of a module-scoped fixture: one ready daemon for a whole test module."""
+    running = RunningDaemon(PROJECTS / project, factory.mktemp(project))
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def metrics_once(daemon: RunningDaemon, needle: str, timeout: float = 10) -> str:
+    """/-/metrics text as soon as it contains ``needle`` (some gauges refresh on a timer)."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = daemon.client.get("/-/metrics").text
+        if needle in text:
+            break
+        time.sleep(0.1)
+    return text
+
+
 def copy_project(name: str, dest: Path) -> Path:
     target = dest / name
     shutil.copytree(PROJECTS / name, target)

@@ -196,7 +196,9 @@ def package_warning(compiled: CompiledProto, api_name: str) -> str | None:
 
 def _digest(proto_path: Path, search: list[Path]) -> str:
     """Cache key: everything that changes protoc's output for this file."""
-    from grpc_tools import grpc_version  # tiny module; grpc_tools.protoc is imported only to compile
+    from grpc_tools import (
+        grpc_version,  # tiny module; grpc_tools.protoc is imported only to compile
+    )
 
     key = hashlib.sha256(f"grpcio-tools {grpc_version.VERSION}\0protobuf {google.protobuf.__version__}\0".encode())
     try:
@@ -251,7 +253,9 @@ def _protoc(args: list[str], search: list[Path], warn: bool = True) -> None:
 
     ``warn=False`` for the second pass over the same files, which repeats the first's warnings.
     """
-    from grpc_tools import protoc  # imported late: it installs import hooks workers do not need
+    from grpc_tools import (
+        protoc,  # imported late: it installs import hooks workers do not need
+    )
 
     with _PROTOC_LOCK, tempfile.TemporaryFile() as err:
         sys.stderr.flush()

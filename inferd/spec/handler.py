@@ -10,7 +10,6 @@ from .errors import IMAGE_UNUSED, NOT_ENFORCED, NOT_INSTALLED
 from .fields import Block, describe
 from .model import EMPTY, BatchingSpec, DependenciesSpec, HandlerSpec, TaskDefinition
 
-
 LOG_LEVELS = ("debug", "info", "warning", "error")
 HANDLER_TYPES = ("python", "tensorflow")
 HANDLER_FIELDS = (

@@ -9,10 +9,22 @@ from pathlib import Path
 from .errors import NOT_ENFORCED, Collector
 from .fields import Block, describe
 from .handler import read_definition, read_handler
-from .model import KINDS, ApiSpec, AutoscalingSpec, ComputeSpec, HandlerSpec, PodSpec, ProjectSpec
+from .model import (
+    KINDS,
+    ApiSpec,
+    AutoscalingSpec,
+    ComputeSpec,
+    HandlerSpec,
+    PodSpec,
+    ProjectSpec,
+)
 from .pods import read_pod
 from .sections import (
-    read_autoscaling, read_compute, read_networking, read_node_groups, read_update_strategy,
+    read_autoscaling,
+    read_compute,
+    read_networking,
+    read_node_groups,
+    read_update_strategy,
 )
 from .units import parse_quantity
 from .validate import Located, check_project, read_splits

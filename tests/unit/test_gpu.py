@@ -8,8 +8,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from inferd import gpu
-from inferd.gpu import GpuDevice, GpuPlan, GpuRequest, assign_gpus, read_inventory, visible_devices_env
+from inferd.gpu import (
+    GpuDevice,
+    GpuPlan,
+    GpuRequest,
+    assign_gpus,
+    read_inventory,
+    visible_devices_env,
+)
 
 GIB = 1024**3
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inferd.gpu import GpuDevice
 from inferd.deployment import Deployment
-from inferd.reload import api_digests
+from inferd.gpu import GpuDevice
 from inferd.metrics import Metrics
+from inferd.reload import api_digests
 from inferd.settings import Settings
 from inferd.spec import parse_apis
 from inferd.worker.launch import init_frame, worker_environment
