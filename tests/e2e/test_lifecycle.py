@@ -41,7 +41,7 @@ def test_sigterm_finishes_in_flight_and_leaves_no_child(start_daemon) -> None:
     daemon = start_daemon(PROJECTS / "realtime")
     daemon.wait_ready()
     workers = children_of(daemon.proc.pid)
-    assert len(workers) == 5  # echo, batched, narrow, pair x2
+    assert len(workers) == 6  # echo, batched, narrow, pair x2, libuser
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(daemon.client.post, "/narrow", json={"seconds": 1.0})
         time.sleep(0.3)
@@ -96,7 +96,7 @@ def test_validate_accepts_a_good_project() -> None:
     result = subprocess.run([sys.executable, "-m", "inferd", "validate", "--project", str(PROJECTS / "realtime")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "4 api(s) valid" in result.stdout
+    assert "5 api(s) valid" in result.stdout
 
 
 def test_busy_port_is_a_clear_error(start_daemon) -> None:

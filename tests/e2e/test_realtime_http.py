@@ -246,7 +246,7 @@ def test_daemon_routes(daemon: RunningDaemon) -> None:
     assert daemon.client.get("/-/healthz").json() == {"status": "ok"}
     assert daemon.client.get("/-/ready").json() == {"ready": True}
     apis = {a["name"]: a for a in daemon.client.get("/-/apis").json()["apis"]}
-    assert set(apis) == {"echo", "batched", "narrow", "pair"}
+    assert set(apis) == {"echo", "batched", "narrow", "pair", "libuser"}
     assert apis["pair"]["endpoint"] == "/v1/pair"
     assert apis["echo"]["workers"][0]["gpus"] == []
     assert apis["echo"]["kind"] == "RealtimeAPI"
@@ -290,3 +290,7 @@ def test_sigkill_of_worker_is_replaced(daemon: RunningDaemon) -> None:
         time.sleep(0.1)
     assert len(pids) == 2 and pid not in pids
     assert daemon.client.post("/v1/pair", json={}).status_code == 200
+
+
+def test_python_path_is_importable(daemon: RunningDaemon) -> None:
+    assert daemon.client.get("/libuser").json() == {"word": "from python_path"}

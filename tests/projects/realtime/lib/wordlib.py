@@ -1,0 +1,1 @@
+WORD = "from python_path"
