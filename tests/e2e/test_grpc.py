@@ -273,3 +273,27 @@ def test_changed_proto_is_served_after_restart(tmp_path: Path, start_daemon) -> 
     if GRPCURL:
         listing = grpcurl(second, "describe", "predictor.Predictor")
         assert "rpc Ping" in listing.stdout
+
+
+def test_reload_with_a_changed_proto(tmp_path: Path, start_daemon, pb) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(PROJECTS / "grpc", project)
+    daemon = start_daemon(project)
+    daemon.wait_ready()
+    reload = [sys.executable, "-m", "inferd", "reload", "--state-dir", str(daemon.state_dir)]
+    proto = project / "predictor.proto"
+    original = proto.read_text()
+    proto.write_text(original.replace("rpc Info (", "rpc Ping (Nope) returns (Response);\n  rpc Info ("))
+    broken = subprocess.run(reload, capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 1 and '"Nope" is not defined' in broken.stderr
+    with grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as channel:
+        assert pb[1].PredictorStub(channel).Predict(pb[0].Sample(text="still")).text == "STILL"
+    proto.write_text(original.replace("rpc Info (", "rpc Ping (Sample) returns (Response);\n  rpc Info ("))
+    handler = project / "handler.py"
+    handler.write_text(handler.read_text() + "\n    def Ping(self, payload):\n        return self.pb2.Response(text='pong')\n")
+    fixed = subprocess.run(reload, capture_output=True, text=True, timeout=120)
+    assert fixed.returncode == 0, fixed.stderr
+    with grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as channel:
+        assert b"pong" in channel.unary_unary("/predictor.Predictor/Ping")(b"")
+    if GRPCURL:
+        assert "rpc Ping" in grpcurl(daemon, "describe", "predictor.Predictor").stdout

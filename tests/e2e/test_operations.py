@@ -199,6 +199,8 @@ def test_cortex_logger_prints_and_inferd_logs(project: Path, start_daemon) -> No
     assert line["request_id"] == request_id and line["api"] == "main" and isinstance(line["process"], int)
     assert "asctime" in line
     assert printed[0]["request_id"] == request_id and printed[0]["api"] == "main"
+    reminder = [e for e in daemon.log_events() if e.get("event") == "requirements_not_installed"]
+    assert len(reminder) == 1 and reminder[0]["file"].endswith("requirements.txt")
     logs = cli(daemon, "logs", "main", "--tail", "50")
     assert logs.returncode == 0
     assert any(json.loads(l).get("message") == "received payload" for l in logs.stdout.splitlines())
