@@ -2,7 +2,9 @@
 
 (a) durable submissions/s with 64 concurrent submitters: the group-commit store against a
     baseline of one transaction per submission through the same writer engine;
-(b) get() latency p50/p99 on a store holding --jobs jobs, idle and under 64 submitters.
+(b) get() latency p50/p99 on a store holding --jobs jobs, idle and under 64 submitters;
+(c) the dispatcher's writes: completing those --jobs jobs, 5,000 complete() calls at a time,
+    and claim_next() + complete() by 8 consumers while the 64 submitters run.
 Prints a table; asserts nothing.
 """
 
@@ -26,6 +28,7 @@ from inferd.store.queries import INSERT  # noqa: E402
 from inferd.store.schema import IN_QUEUE, migrate  # noqa: E402
 
 SUBMITTERS = 64
+CONSUMERS = 8
 PAYLOAD = b'{"text": "' + b"x" * 200 + b'"}'
 HEADERS = {"x-request-id": "bench"}
 
@@ -34,6 +37,19 @@ async def submit_for(store: AsyncJobStore, seconds: float) -> int:
     deadline, done = time.perf_counter() + seconds, 0
     while time.perf_counter() < deadline:
         await store.submit("bench", PAYLOAD, "application/json", HEADERS)
+        done += 1
+    return done
+
+
+async def consume_for(store: AsyncJobStore, seconds: float) -> int:
+    """A dispatcher slot with an instant worker: claim the oldest job, complete it."""
+    deadline, done = time.perf_counter() + seconds, 0
+    while time.perf_counter() < deadline:
+        job = await store.claim_next("bench")
+        if job is None:
+            await asyncio.sleep(0.001)
+            continue
+        await store.complete(job.id, b'{"ok": true}')
         done += 1
     return done
 
@@ -110,11 +126,18 @@ async def get_bench(path: Path, jobs: int, seconds: float) -> dict[str, object]:
         ids = await fill(store, jobs)
         fill_s = time.perf_counter() - start
         count = await store.count()
+        start = time.perf_counter()
+        for at in range(0, jobs, 5000):
+            await asyncio.gather(*[store.complete(job_id, b'{"ok": true}') for job_id in ids[at : at + 5000]])
+        complete_s = time.perf_counter() - start
         idle = await get_latencies(store, ids, 5000)
         load = asyncio.gather(*[submit_for(store, seconds) for _ in range(SUBMITTERS)])
+        consumers = asyncio.gather(*[consume_for(store, seconds) for _ in range(CONSUMERS)])
         busy = await get_latencies(store, ids, 2000)
         await load
-        return {"fill_s": fill_s, "idle": idle, "busy": busy, "count": count}
+        consumed = sum(await consumers) / seconds
+        return {"fill_s": fill_s, "complete_s": complete_s, "idle": idle, "busy": busy, "count": count,
+                "consumed": consumed}
     finally:
         await store.close()
 
@@ -140,12 +163,14 @@ async def main() -> None:
     print(f"{'submit/s, one commit per submission (baseline)':<52} {baseline:>12,.0f}")
     print(f"{'  ratio group / baseline':<52} {grouped / baseline:>11.1f}x")
     print(f"{'fill ' + format(args.jobs, ',') + ' jobs (s)':<52} {got['fill_s']:>12.2f}")
+    print(f"{'complete ' + format(args.jobs, ',') + ' jobs (s)':<52} {got['complete_s']:>12.2f}")
     print(f"{'rows in store for get()':<52} {got['count']:>12,}")
     for label in ("idle", "busy"):
         values = got[label]
         what = "idle" if label == "idle" else "during 64 submitters"
         print(f"{'get p50 ms, ' + what:<52} {pct(values, 50):>12.3f}")
         print(f"{'get p99 ms, ' + what:<52} {pct(values, 99):>12.3f}")
+    print(f"{'claim+complete/s, 8 consumers during 64 submitters':<52} {got['consumed']:>12,.0f}")
 
 
 if __name__ == "__main__":

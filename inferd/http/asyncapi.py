@@ -110,8 +110,8 @@ class AsyncEndpoint:
         recounted when stale, and always before refusing, so a refusal is never a guess."""
         now = time.monotonic()
         if now - self._counted_at > QUEUE_RECOUNT or self._queued >= self.max_queue_length:
+            self._counted_at = now  # before the await: concurrent submissions must not all recount
             self._queued = await self.store.queue_length(self.api)
-            self._counted_at = now
         return self._queued
 
     async def _too_large(self, send: Send) -> None:

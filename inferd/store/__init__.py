@@ -2,7 +2,15 @@
 
 from .jobs import AsyncJobStore, Job, utc_now
 from .queries import UnknownJob
-from .schema import COMPLETED, CURRENT_VERSION, FAILED, IN_PROGRESS, IN_QUEUE, STATUSES, SchemaTooNew
+from .schema import (
+    COMPLETED,
+    CURRENT_VERSION,
+    FAILED,
+    IN_PROGRESS,
+    IN_QUEUE,
+    STATUSES,
+    SchemaTooNew,
+)
 from .writer import StoreClosed, WriterStats
 
 __all__ = [

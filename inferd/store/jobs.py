@@ -6,24 +6,39 @@ own pool of connections and never wait for the writer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import aiosqlite
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import queries
-from .engine import prepare_file, reader_engine, writer_engine
+from .engine import Readers, driver_connection, prepare_file, writer_engine
 from .queries import UnknownJob
-from .schema import COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, STATUSES, from_micros, migrate, to_micros
-from .writer import Bulk, GroupCommitWriter, StoreClosed, WriterStats
+from .schema import (
+    COMPLETED,
+    EPOCH,
+    FAILED,
+    IN_PROGRESS,
+    IN_QUEUE,
+    STATUSES,
+    from_micros,
+    migrate,
+    to_micros,
+)
+from .writer import GroupCommitWriter, Raw, RawInsert, StoreClosed, WriterStats
 
 __all__ = ["AsyncJobStore", "Job", "UnknownJob", "utc_now", "IN_QUEUE", "IN_PROGRESS", "COMPLETED", "FAILED"]
+
+
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -62,6 +77,40 @@ class Job:
             finished_at=from_micros(row.finished_at),
         )
 
+    @classmethod
+    def from_tuple(cls, row: tuple[Any, ...]) -> Job:
+        """A row of queries.JOB_COLUMNS, as sqlite3 returns it."""
+        job_id, api, status, content_type, headers, payload, result, error, attempts, created, started, finished = row
+        return cls(
+            job_id,
+            api,
+            status,
+            content_type,
+            json.loads(headers),
+            payload,
+            result,
+            error,
+            attempts,
+            EPOCH + timedelta(microseconds=created),
+            None if started is None else EPOCH + timedelta(microseconds=started),
+            None if finished is None else EPOCH + timedelta(microseconds=finished),
+        )
+
+
+class _Recount:
+    """One shared queue_length() count: callers join it until it starts."""
+
+    __slots__ = ("started", "task")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.task: asyncio.Task[int]
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # every caller may have gone: no "exception was never retrieved"
+
 
 class AsyncJobStore:
     """Open with ``await AsyncJobStore.open(path)``; always ``await store.close()``."""
@@ -69,13 +118,17 @@ class AsyncJobStore:
     def __init__(
         self,
         clock: Callable[[], datetime],
-        engines: tuple[AsyncEngine, AsyncEngine],
+        writer_engine: AsyncEngine,
         writer_conn: AsyncConnection,
+        writer_driver: aiosqlite.Connection,
+        readers: Readers,
     ) -> None:
         self._clock = clock
-        self._writer_engine, self._readers = engines
+        self._writer_engine = writer_engine
+        self._readers = readers
         self._writer_conn = writer_conn
-        self._writer = GroupCommitWriter(writer_conn)
+        self._writer = GroupCommitWriter(writer_conn, writer_driver)
+        self._recounts: dict[str, _Recount] = {}
         self._closed = False
 
     @classmethod
@@ -89,13 +142,15 @@ class AsyncJobStore:
             conn = await writer.connect()
             try:
                 await conn.run_sync(migrate)
+                driver = await driver_connection(conn)
+                readers = await Readers.open(path)
             except BaseException:
                 await conn.close()
                 raise
         except BaseException:
             await writer.dispose()
             raise
-        return cls(clock, (writer, reader_engine(path)), conn)
+        return cls(clock, writer, conn, driver, readers)
 
     async def close(self) -> None:
         """Commit and answer everything already submitted, then release the file."""
@@ -107,7 +162,7 @@ class AsyncJobStore:
         finally:
             await self._writer_conn.close()
             await self._writer_engine.dispose()
-            await self._readers.dispose()
+            await self._readers.close()
 
     @property
     def stats(self) -> WriterStats:
@@ -120,38 +175,26 @@ class AsyncJobStore:
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
         job_id = uuid.uuid4().hex  # unguessable; order comes from the seq column
-        row = {
-            "id": job_id,
-            "api": api,
-            "status": IN_QUEUE,
-            "content_type": content_type,
-            "headers": json.dumps(dict(headers), separators=(",", ":")),
-            "payload": bytes(payload),
-            "result": None,
-            "error": None,
-            "attempts": 0,
-            "created_at": self._now(),
-            "started_at": None,
-            "finished_at": None,
-        }
-        await self._writer.execute(Bulk(queries.INSERT, row))
+        headers_json = json.dumps(dict(headers), separators=(",", ":"))
+        params = (job_id, api, content_type, headers_json, bytes(payload), self._now())
+        await self._writer.execute(RawInsert(queries.RAW_INSERT, params))
         return job_id
 
     async def claim_next(self, api: str) -> Job | None:
         """The oldest in_queue job of ``api``, now in_progress (attempts + 1), or None."""
-        row = await self._writer.execute(queries.claim_op(api, self._now()))
-        return None if row is None else Job.from_row(row)
+        row = await self._writer.execute(Raw(queries.raw_claim, self._now(), api))
+        return None if row is None else Job.from_tuple(row)
 
     async def complete(self, job_id: str, result: bytes) -> None:
         """-> completed; result stored as given, payload dropped. A job that already finished is
         left as it is (first outcome wins); an unknown id raises UnknownJob."""
-        params = {"p_id": job_id, "p_now": self._now(), "p_result": bytes(result)}
-        await self._writer.execute(queries.finish_op(queries.COMPLETE, params))
+        params = (self._now(), bytes(result), job_id)
+        await self._writer.execute(Raw(queries.raw_finish, queries.RAW_COMPLETE, params))
 
     async def fail(self, job_id: str, error: str) -> None:
         """-> failed with ``error``, payload dropped. Same rules as complete()."""
-        params = {"p_id": job_id, "p_now": self._now(), "p_error": error}
-        await self._writer.execute(queries.finish_op(queries.FAIL, params))
+        params = (self._now(), error, job_id)
+        await self._writer.execute(Raw(queries.raw_finish, queries.RAW_FAIL, params))
 
     async def recover(self, api: str | None = None, max_attempts: int = 2) -> tuple[int, int]:
         """Every in_progress job (of ``api``, or all) was interrupted: back to in_queue while
@@ -174,35 +217,54 @@ class AsyncJobStore:
             if count < queries.SWEEP_BATCH:
                 return deleted
 
-    # --- reads (own connection pool, in parallel with the writer) ---
+    # --- reads (own connections, in parallel with the writer) ---
 
     async def get(self, job_id: str, api: str | None = None) -> Job | None:
         """None for an unknown id, or for an id that belongs to another api."""
         if api is None:
-            row = await self._read_one(queries.BY_ID, {"p_id": job_id})
+            row = await self._read(queries.fetch_one, queries.RAW_BY_ID, (job_id,))
         else:
-            row = await self._read_one(queries.BY_ID_AND_API, {"p_id": job_id, "p_api": api})
-        return None if row is None else Job.from_row(row)
+            row = await self._read(queries.fetch_one, queries.RAW_BY_ID_AND_API, (job_id, api))
+        return None if row is None else Job.from_tuple(row)
 
     async def count(self, api: str | None = None, status: str | None = None) -> int:
-        return (await self._read_one(queries.count_statement(api, status), {}))[0]
+        """Rows matching; with an api, answered from the (api, status, seq) index alone."""
+        sql = queries.RAW_COUNT[api is not None, status is not None]
+        params = tuple(value for value in (api, status) if value is not None)
+        return (await self._read(queries.fetch_one, sql, params))[0]
 
     async def queue_length(self, api: str) -> int:
-        return await self.count(api, IN_QUEUE)  # answered from the (api, status, seq) index
+        """In-queue jobs of ``api``: an index-only count (jobs_api_status_seq), counted after
+        this call began. Concurrent callers share counts: while one runs, everyone who arrives
+        waits for the single next one, so a burst of callers (every POST of a busy API) costs at
+        most two counts in flight, not one per caller."""
+        self._check_open()
+        recount = self._recounts.get(api)
+        if recount is None or recount.started:
+            previous = None if recount is None else recount.task
+            recount = _Recount()
+            recount.task = asyncio.create_task(self._recount(recount, previous, api))
+            recount.task.add_done_callback(_retrieve)
+            self._recounts[api] = recount
+        return await asyncio.shield(recount.task)
+
+    async def _recount(self, recount: _Recount, previous: asyncio.Task[int] | None, api: str) -> int:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        recount.started = True  # from here on, a new caller needs a count of its own
+        return await self.count(api, IN_QUEUE)
 
     async def counts_by_status(self, api: str) -> dict[str, int]:
         """Every Cortex status, zeros included."""
-        self._check_open()
-        async with self._readers.connect() as conn:
-            rows = (await conn.execute(queries.COUNTS_BY_STATUS, {"p_api": api})).all()
+        rows = await self._read(queries.fetch_all, queries.RAW_COUNTS_BY_STATUS, (api,))
         counts = dict.fromkeys(STATUSES, 0)
         counts.update({status: n for status, n in rows})
         return counts
 
-    async def _read_one(self, statement: Any, params: dict[str, Any]) -> Row | None:
-        self._check_open()
-        async with self._readers.connect() as conn:
-            return (await conn.execute(statement, params)).first()
+    async def _read(self, fn: Callable[..., T], sql: str, params: tuple[Any, ...]) -> T:
+        if self._closed:
+            raise StoreClosed("the job store is closed")
+        return await self._readers.run(fn, sql, params)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,5 +1,10 @@
-"""SQL for the job store, built once with SQLAlchemy Core (compiled-statement cache hits on
-every call), and the write operations the group-commit writer runs.
+"""SQL for the job store and the write operations the group-commit writer runs.
+
+The hot path (submit, get, claim_next, complete, fail, counts) is plain SQL run on the raw
+sqlite3 connection in aiosqlite's thread, one hop per read or per write batch: SQLAlchemy's
+execution path costs more than the query itself for these one-row statements. Everything else
+is built once with SQLAlchemy Core. ``test_store.py`` checks that the two agree with the
+schema (``jobs``); a migration that changes a column must update both.
 
 Every write operation is a single statement wherever possible: SQLite makes one statement
 atomic on its own, so an operation that fails leaves its batch-mates' writes intact.
@@ -7,10 +12,21 @@ atomic on its own, so an operation that fails leaves its batch-mates' writes int
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, case, delete, func, insert, null, select, update
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    null,
+    select,
+    update,
+)
 
 from .schema import COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, jobs
 
@@ -22,39 +38,8 @@ class UnknownJob(LookupError):
     """No job has this id (never submitted, or swept after its retention)."""
 
 
-INSERT = insert(jobs)
-BY_ID = select(jobs).where(jobs.c.id == bindparam("p_id"))
-BY_ID_AND_API = BY_ID.where(jobs.c.api == bindparam("p_api"))
+INSERT = insert(jobs)  # the Bulk counterpart of RAW_INSERT (bench/store_bench.py's baseline)
 STATUS_OF = select(jobs.c.status).where(jobs.c.id == bindparam("p_id"))
-
-_oldest_queued = (
-    select(jobs.c.seq)
-    .where(jobs.c.api == bindparam("p_api"), jobs.c.status == IN_QUEUE)
-    .order_by(jobs.c.seq)
-    .limit(1)
-    .scalar_subquery()
-)
-# Pick and move in one statement: no window in which two claims could take the same job.
-CLAIM = (
-    update(jobs)
-    .where(jobs.c.seq == _oldest_queued)
-    .values(status=IN_PROGRESS, started_at=bindparam("p_now"), attempts=jobs.c.attempts + 1)
-    .returning(*jobs.c)
-)
-
-_unfinished = jobs.c.status.in_([IN_QUEUE, IN_PROGRESS])
-# A job that already finished keeps its first outcome (a late report from a worker believed
-# dead, after its job was requeued and finished elsewhere, must not overwrite it).
-COMPLETE = (
-    update(jobs)
-    .where(jobs.c.id == bindparam("p_id"), _unfinished)
-    .values(status=COMPLETED, finished_at=bindparam("p_now"), result=bindparam("p_result"), payload=null())
-)
-FAIL = (
-    update(jobs)
-    .where(jobs.c.id == bindparam("p_id"), _unfinished)
-    .values(status=FAILED, finished_at=bindparam("p_now"), error=bindparam("p_error"), payload=null())
-)
 
 _give_up = jobs.c.attempts >= bindparam("p_max")
 # Requeue or give up, per row, in one statement; RETURNING tells which happened to each.
@@ -84,40 +69,9 @@ def _sweep_statement(for_api: bool) -> Any:
 SWEEP_ALL, SWEEP_API = _sweep_statement(False), _sweep_statement(True)
 
 
-def count_statement(api: str | None, status: str | None) -> Any:
-    query = select(func.count()).select_from(jobs)
-    if api is not None:
-        query = query.where(jobs.c.api == api)
-    if status is not None:
-        query = query.where(jobs.c.status == status)
-    return query
-
-
-COUNTS_BY_STATUS = (
-    select(jobs.c.status, func.count()).where(jobs.c.api == bindparam("p_api")).group_by(jobs.c.status)
-)
-
 # --- write operations: fn(conn) run by the writer inside its batch transaction ---
 
 WriteOp = Callable[[Connection], Any]
-
-
-def claim_op(api: str, now: int) -> WriteOp:
-    def run(conn: Connection) -> Row | None:
-        return conn.execute(CLAIM, {"p_api": api, "p_now": now}).first()
-
-    return run
-
-
-def finish_op(statement: Any, params: dict[str, Any]) -> WriteOp:
-    """COMPLETE or FAIL. Unknown id -> UnknownJob (nothing was written); already finished ->
-    a no-op (first outcome wins)."""
-
-    def run(conn: Connection) -> None:
-        if conn.execute(statement, params).rowcount == 0 and _status(conn, params["p_id"]) is None:
-            raise UnknownJob(params["p_id"])
-
-    return run
 
 
 def recover_op(api: str | None, max_attempts: int, now: int) -> WriteOp:
@@ -157,3 +111,66 @@ def sweep_op(cutoff: int, api: str | None) -> WriteOp:
 
 def _status(conn: Connection, job_id: str) -> str | None:
     return conn.execute(STATUS_OF, {"p_id": job_id}).scalar_one_or_none()
+
+
+# --- the hot path, as plain SQL (qmark parameters) ---
+
+# Job's fields, in order.
+JOB_COLUMNS = (
+    "id, api, status, content_type, headers, payload, result, error, attempts, created_at, started_at, finished_at"
+)
+RAW_INSERT = (
+    "INSERT INTO jobs (id, api, status, content_type, headers, payload, attempts, created_at)"
+    f" VALUES (?, ?, '{IN_QUEUE}', ?, ?, ?, 0, ?)"
+)  # params: id, api, content_type, headers, payload, created_at
+RAW_BY_ID = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
+RAW_BY_ID_AND_API = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND api = ?"
+RAW_STATUS_OF = "SELECT status FROM jobs WHERE id = ?"
+# Pick and move in one statement: no window in which two claims could take the same job.
+RAW_CLAIM = (
+    f"UPDATE jobs SET status = '{IN_PROGRESS}', started_at = ?, attempts = attempts + 1"
+    f" WHERE seq = (SELECT seq FROM jobs WHERE api = ? AND status = '{IN_QUEUE}' ORDER BY seq LIMIT 1)"
+    f" RETURNING {JOB_COLUMNS}"
+)  # params: now, api
+# A job that already finished keeps its first outcome (a late report from a worker believed
+# dead, after its job was requeued and finished elsewhere, must not overwrite it).
+_RAW_UNFINISHED = f"status IN ('{IN_QUEUE}', '{IN_PROGRESS}')"
+RAW_COMPLETE = (
+    f"UPDATE jobs SET status = '{COMPLETED}', finished_at = ?, result = ?, payload = NULL"
+    f" WHERE id = ? AND {_RAW_UNFINISHED}"
+)  # params: now, result, id
+RAW_FAIL = (
+    f"UPDATE jobs SET status = '{FAILED}', finished_at = ?, error = ?, payload = NULL"
+    f" WHERE id = ? AND {_RAW_UNFINISHED}"
+)  # params: now, error, id
+# Index-only: answered from jobs_api_status_seq without touching the table.
+RAW_COUNT = {
+    (False, False): "SELECT count(*) FROM jobs",
+    (True, False): "SELECT count(*) FROM jobs WHERE api = ?",
+    (False, True): "SELECT count(*) FROM jobs WHERE status = ?",
+    (True, True): "SELECT count(*) FROM jobs WHERE api = ? AND status = ?",
+}
+RAW_COUNTS_BY_STATUS = "SELECT status, count(*) FROM jobs WHERE api = ? GROUP BY status"
+
+
+# Run in aiosqlite's thread with the raw sqlite3 connection (reads: Readers.run; writes: Raw).
+
+
+def fetch_one(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    return db.execute(sql, params).fetchone()
+
+
+def fetch_all(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    return db.execute(sql, params).fetchall()
+
+
+def raw_claim(db: sqlite3.Connection, now: int, api: str) -> tuple[Any, ...] | None:
+    rows = db.execute(RAW_CLAIM, (now, api)).fetchall()  # drained: no statement left running
+    return rows[0] if rows else None
+
+
+def raw_finish(db: sqlite3.Connection, sql: str, params: tuple[Any, Any, str]) -> None:
+    """RAW_COMPLETE or RAW_FAIL. Unknown id -> UnknownJob (nothing was written); already
+    finished -> a no-op (first outcome wins)."""
+    if db.execute(sql, params).rowcount == 0 and db.execute(RAW_STATUS_OF, (params[2],)).fetchone() is None:
+        raise UnknownJob(params[2])

@@ -343,3 +343,118 @@ def test_naive_clock_is_refused(tmp_path: Path) -> None:
     clock = Clock(datetime(2024, 1, 1))
     with pytest.raises(ValueError, match="naive"):
         with_store(tmp_path / "jobs.db", submit, clock)
+
+
+# --- the fast paths: raw SQL in the driver thread, one hop per batch / read ---
+
+
+def test_raw_sql_matches_the_schema_and_uses_the_indexes(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from inferd.store import Job, queries
+
+    path = tmp_path / "jobs.db"
+    with_store(path, submit)
+    assert [column.strip() for column in queries.JOB_COLUMNS.split(",")] == [f.name for f in fields(Job)]
+    with sqlite3.connect(path) as conn:
+        def plan(sql: str, params: tuple[Any, ...]) -> str:
+            return " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+        assert "COVERING INDEX jobs_api_status_seq (api=? AND status=?)" in plan(
+            queries.RAW_COUNT[True, True], ("a", IN_QUEUE)
+        )
+        assert "INDEX jobs_api_status_seq (api=? AND status=?)" in plan(queries.RAW_CLAIM, (0, "a"))
+        assert "USING INDEX sqlite_autoindex_jobs_1 (id=?)" in plan(queries.RAW_BY_ID_AND_API, ("x", "a"))
+        assert "USING INDEX sqlite_autoindex_jobs_1 (id=?)" in plan(queries.RAW_COMPLETE, (0, b"", "x"))
+        for sql in (queries.RAW_BY_ID, queries.RAW_STATUS_OF, queries.RAW_COUNTS_BY_STATUS, queries.RAW_INSERT):
+            conn.execute(f"EXPLAIN {sql}", (None,) * sql.count("?"))  # every statement compiles
+
+
+def test_claims_and_completions_share_group_commits(tmp_path: Path) -> None:
+    async def body(store: AsyncJobStore) -> None:
+        ids = await asyncio.gather(*[submit(store) for _ in range(100)])
+        commits = store.stats.commits
+        claimed = await asyncio.gather(*[store.claim_next("a") for _ in range(101)])
+        assert sorted(job.id for job in claimed if job is not None) == sorted(ids) and claimed.count(None) == 1
+        await asyncio.gather(*[store.complete(job_id, b"{}") for job_id in ids])
+        assert store.stats.commits - commits < 10  # in practice 2
+        assert await store.count("a", COMPLETED) == 100
+
+    with_store(tmp_path / "jobs.db", body)
+
+
+def test_mixed_batch_of_raw_and_sqlalchemy_operations(tmp_path: Path) -> None:
+    def status_count(conn: Any) -> int:
+        return conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one()
+
+    async def body(store: AsyncJobStore) -> None:
+        await submit(store)
+        outcomes = await asyncio.gather(
+            *[submit(store) for _ in range(5)],
+            store.claim_next("a"),
+            store._writer.execute(status_count),
+            store.requeue("no-such-id"),
+            return_exceptions=True,
+        )
+        assert all(isinstance(job_id, str) for job_id in outcomes[:5])
+        assert outcomes[5].status == IN_PROGRESS  # type: ignore[union-attr]
+        assert outcomes[6] == 6  # the raw inserts ran first, in the same transaction
+        assert isinstance(outcomes[7], UnknownJob)
+        assert store.stats.fallbacks == 0
+
+    with_store(tmp_path / "jobs.db", body)
+
+
+def test_database_error_in_a_raw_batch_fails_only_its_operation(tmp_path: Path) -> None:
+    from inferd.store.writer import Raw
+
+    def broken(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO no_such_table VALUES (1)")
+
+    async def body(store: AsyncJobStore) -> None:
+        outcomes = await asyncio.gather(
+            *[submit(store) for _ in range(10)], store._writer.execute(Raw(broken)), return_exceptions=True
+        )
+        assert isinstance(outcomes[-1], OperationalError) and "no_such_table" in str(outcomes[-1])
+        assert all(isinstance(job_id, str) for job_id in outcomes[:-1])
+        assert await store.count() == 10 and store.stats.fallbacks == 1
+
+    with_store(tmp_path / "jobs.db", body)
+
+
+def test_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
+    import time
+
+    from inferd.store.writer import Raw
+
+    async def body(store: AsyncJobStore) -> None:
+        job_id = await submit(store)
+        slow = asyncio.create_task(store._writer.execute(Raw(lambda db: time.sleep(0.5))))
+        await asyncio.sleep(0.05)  # the writer's thread is now busy inside its transaction
+        start = time.perf_counter()
+        assert (await store.get(job_id)) is not None and await store.queue_length("a") == 1
+        assert time.perf_counter() - start < 0.3
+        await slow
+
+    with_store(tmp_path / "jobs.db", body)
+
+
+def test_concurrent_queue_lengths_share_counts(tmp_path: Path) -> None:
+    async def body(store: AsyncJobStore) -> None:
+        await asyncio.gather(*[submit(store) for _ in range(7)])
+        counted = 0
+        real_count = store.count
+
+        async def count(api: str | None = None, status: str | None = None) -> int:
+            nonlocal counted
+            counted += 1
+            return await real_count(api, status)
+
+        store.count = count  # type: ignore[method-assign]
+        assert await asyncio.gather(*[store.queue_length("a") for _ in range(50)]) == [7] * 50
+        assert counted <= 2
+        await submit(store)
+        assert await store.queue_length("a") == 8  # a count that began after the call
+        assert await store.queue_length("b") == 0
+
+    with_store(tmp_path / "jobs.db", body)
