@@ -1,7 +1,7 @@
 """Reload: compare the running APIs with a freshly loaded project and reconcile.
 
 An API is *kept* when its digest (its cortex.yaml entry, its handler file, its proto, the
-project's .env and the project's other Python modules) is unchanged; otherwise it is
+project's .env and the project's other files) is unchanged; otherwise it is
 *replaced*: new workers start on the new code, routing switches once every new worker is
 ready, and the old workers drain. A replacement that fails to start leaves the old version
 serving and reports why.
@@ -52,9 +52,18 @@ class ReloadReport:
         return text
 
 
-def _python_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.py")
-                  if not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(root).parts))
+def _project_files(root: Path) -> list[Path]:
+    """Files Cortex would have uploaded: no dotfiles or dot dirs, no bytecode."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix not in (".pyc", ".pyo", ".pyd")
+                  and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(root).parts))
+
+
+def _fingerprint(path: Path) -> bytes:
+    """Source by content; anything else (data, weights: possibly gigabytes) by size and mtime."""
+    if path.suffix == ".py":
+        return _read(path)
+    info = path.stat()
+    return f"{info.st_size}:{info.st_mtime_ns}".encode()
 
 
 def _read(path: Path) -> bytes:
@@ -69,11 +78,13 @@ def api_digests(project: ProjectSpec) -> dict[str, str]:
     root = project.project_dir
     own = {name: [root / block.path for block in (api.handler, api.definition) if block is not None]
            for name, api in ((a.name, a) for a in project.apis)}
-    handler_files = {path for paths in own.values() for path in paths}
+    # each API's own files count for it alone; cortex.yaml is compared entry by entry
+    per_api = {path for paths in own.values() for path in paths} | {project.config_file}
+    per_api |= {root / a.handler.protobuf_path for a in project.apis if a.handler and a.handler.protobuf_path}
     shared = hashlib.sha256(_read(root / ".env"))
-    for path in _python_files(root):
-        if path not in handler_files:
-            shared.update(str(path.relative_to(root)).encode() + b"\0" + _read(path))
+    for path in _project_files(root):
+        if path not in per_api:
+            shared.update(str(path.relative_to(root)).encode() + b"\0" + _fingerprint(path))
     digests = {}
     for api in project.apis:
         digest = hashlib.sha256(shared.digest())
