@@ -85,6 +85,12 @@ def log_project(project: ProjectSpec) -> None:
             break
 
 
+def _report_crash(task: asyncio.Task[Any]) -> None:
+    """A background task must never die silently."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background_task_crashed", task=task.get_coro().__qualname__, exc_info=task.exception())
+
+
 class Daemon:
     def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None, watch: bool = False) -> None:
         self.settings = settings
@@ -189,6 +195,7 @@ class Daemon:
         task = asyncio.get_running_loop().create_task(job)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(_report_crash)
         return task
 
     # -- events --------------------------------------------------------------------------------
@@ -286,15 +293,23 @@ class Daemon:
         retention = timedelta(days=self.settings.async_retention_days)
         while True:
             if self.store is not None:
-                deleted = await self.store.sweep(retention)
-                if deleted:
-                    log.info("async_jobs_swept", deleted=deleted, retention_days=self.settings.async_retention_days)
+                try:
+                    deleted = await self.store.sweep(retention)
+                except Exception as exc:  # noqa: BLE001 - a failed sweep is retried next period
+                    log.error("async_sweep_failed", error=str(exc), exc_info=exc)
+                else:
+                    if deleted:
+                        log.info("async_jobs_swept", deleted=deleted,
+                                 retention_days=self.settings.async_retention_days)
             await asyncio.sleep(self.settings.async_sweep_interval)
 
     async def _refresh_gauges(self) -> None:
         while True:
             if self.deployment is not None:
-                await refresh_gauges(self.metrics, self.deployment, self.store)
+                try:
+                    await refresh_gauges(self.metrics, self.deployment, self.store)
+                except Exception as exc:  # noqa: BLE001 - stale gauges beat no daemon
+                    log.warning("gauge_refresh_failed", error=str(exc))
             await asyncio.sleep(2.0)
 
     # -- stop ----------------------------------------------------------------------------------
