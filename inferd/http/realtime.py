@@ -120,9 +120,11 @@ class RealtimeEndpoint:
             return 503
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers if k.lower() != "content-length"]
         headers.append(rid_header)
-        await send_bytes(send, reply.status, headers, reply.body)
-        if reply.ack is not None:
-            reply.ack()
+        try:
+            await send_bytes(send, reply.status, headers, reply.body)
+        finally:
+            if reply.ack is not None:
+                reply.ack()  # even if sending failed: the callback runs, and never leaks
         return reply.status
 
     async def _too_large(self, send: Send, rid_header: tuple[bytes, bytes]) -> int:

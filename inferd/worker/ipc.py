@@ -14,6 +14,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from inferd.logs import get_logger
+
+log = get_logger()
+
 PREFIX = struct.Struct("!II")
 MAX_META = 1 << 20          # headers and control data; a frame claiming more is corrupt
 MAX_BODY = 1 << 31          # the HTTP layer enforces the user-facing limit long before this
@@ -76,7 +80,10 @@ class FrameProtocol(asyncio.Protocol):
                 return
             body = bytes(buf[start + meta_len:end]) if body_len else b""
             offset = end
-            self._on_frame(meta, body)
+            try:
+                self._on_frame(meta, body)
+            except Exception as exc:  # noqa: BLE001 - one bad frame handler must not kill the channel
+                log.error("frame_handler_failed", kind=meta.get("t"), exc_info=exc)
         if offset:
             del buf[:offset]
 

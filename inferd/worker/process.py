@@ -26,6 +26,28 @@ from inferd.worker.stream import StreamCall
 MetricSink = Callable[[dict[str, Any]], None]
 
 
+LINE_LIMIT = 1 << 20  # longer output lines are cut, never allowed to stop the pump
+
+
+async def _read_line(stream: asyncio.StreamReader) -> bytes:
+    """One line, cut at LINE_LIMIT: a handler printing a huge line must not stall its pipe."""
+    try:
+        return await stream.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial  # the last line without a newline, or b"" at EOF
+    except asyncio.LimitOverrunError as exc:
+        head = await stream.readexactly(min(exc.consumed, LINE_LIMIT))
+        while True:  # drop the rest of the over-long line
+            try:
+                await stream.readuntil(b"\n")
+                break
+            except asyncio.LimitOverrunError as more:
+                await stream.readexactly(more.consumed)
+            except asyncio.IncompleteReadError:
+                break
+        return head + b" [line cut]\n"
+
+
 class WorkerGone(Exception):
     """The worker exited or closed its channel before answering."""
 
@@ -77,14 +99,18 @@ class WorkerProcess:
                 "--parent", str(os.getpid()),
                 pass_fds=(child_sock.fileno(),), env=self._env, cwd=self._cwd,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, limit=LINE_LIMIT,
             )
+            self.pid = self._proc.pid
+            _, self._channel = await loop.create_unix_connection(
+                lambda: FrameProtocol(self._on_frame, self._on_close), sock=parent_sock
+            )
+        except BaseException:
+            parent_sock.close()  # a failed spawn must leak neither a descriptor nor a child
+            self.kill()
+            raise
         finally:
             child_sock.close()
-        self.pid = self._proc.pid
-        _, self._channel = await loop.create_unix_connection(
-            lambda: FrameProtocol(self._on_frame, self._on_close), sock=parent_sock
-        )
         self._pumps = [loop.create_task(self._pump(self._proc.stdout, "stdout")),
                        loop.create_task(self._pump(self._proc.stderr, "stderr"))]
         self._channel.send(self._init)
@@ -171,16 +197,22 @@ class WorkerProcess:
         kind = meta["t"]
         if kind == "reply":
             future = self._pending.get(meta["id"])
+            ack = self._ack(meta["id"], meta.get("rid")) if meta.get("cb") else None
             if future is not None and not future.done():
-                ack = self._ack(meta["id"], meta.get("rid")) if meta.get("cb") else None
                 future.set_result(Reply(meta["status"], meta["h"], body, ack))
+            elif ack is not None:
+                ack()  # nobody waits any more; the worker must still run and forget the callback
         elif kind in ("msg", "end", "credit"):
             self._on_stream_frame(kind, meta, body)
         elif kind == "metric":
-            self._on_metric(meta)
+            try:
+                self._on_metric(meta)
+            except Exception as exc:  # noqa: BLE001 - a handler's bad metric must not cut its worker off
+                self.log.warning("user_metric_rejected", metric=meta.get("name"), error=str(exc))
         elif kind == "ready":
             self.verbs = meta["verbs"]
-            self.state = "ready"
+            if self.state == "starting":  # a stop that came first wins
+                self.state = "ready"
             self.error = None
             self._settle_ready(True)
         elif kind == "init_failed":
@@ -221,7 +253,7 @@ class WorkerProcess:
         """Worker output becomes daemon log lines; the worker's own JSON events pass through."""
         if stream is None:
             return
-        while line := await stream.readline():
+        while line := await _read_line(stream):
             text = line.decode("utf-8", "replace").rstrip("\n")
             if text.startswith("{") and text.endswith("}"):
                 try:

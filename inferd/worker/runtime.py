@@ -192,7 +192,24 @@ class WorkerRuntime:
     # -- one request -----------------------------------------------------------------------
 
     async def handle_call(self, meta: dict[str, Any], body: bytes) -> None:
-        method = self.methods[meta["verb"]]
+        """Every call gets exactly one reply, whatever happens: a call without one would hang
+        its client and hold a worker slot forever."""
+        try:
+            outcome = await self.outcome_of(meta, body)
+        except BaseException as exc:
+            self.log.error("call_failed", verb=meta.get("verb"), request_id=meta.get("rid"), exc_info=exc)
+            self.reply(meta, (500, JSON, error_body(self.api, f"{type(exc).__name__}: {exc}"), None))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.reply(meta, outcome)
+
+    async def outcome_of(self, meta: dict[str, Any], body: bytes) -> Outcome:
+        method = self.methods.get(meta["verb"])
+        if method is None:  # e.g. a reload removed the verb after the daemon checked it
+            allowed = ", ".join(v.upper() for v in self.methods)
+            return 405, JSON, error_body(self.api, f"method {meta['verb'].upper()} is not implemented "
+                                                   f"(allowed: {allowed})"), None
         try:
             if self.batcher is not None and meta["verb"] == "post":
                 outcome = await self.batched_call(method, meta, body)
@@ -206,7 +223,7 @@ class WorkerRuntime:
                     outcome = await self.loop.run_in_executor(self.pool, self.call_sync, method, meta, body, form)
         except PayloadError as exc:
             outcome = 400, JSON, error_body(self.api, str(exc)), None
-        self.reply(meta, outcome)
+        return outcome
 
     def reply(self, meta: dict[str, Any], outcome: Outcome) -> None:
         status, headers, out, callback = outcome

@@ -294,3 +294,14 @@ def test_sigkill_of_worker_is_replaced(daemon: RunningDaemon) -> None:
 
 def test_python_path_is_importable(daemon: RunningDaemon) -> None:
     assert daemon.client.get("/libuser").json() == {"word": "from python_path"}
+
+
+def test_huge_print_lines_and_bad_metrics_do_not_hurt_the_worker(daemon: RunningDaemon) -> None:
+    pid = daemon.client.get("/echo").json()["pid"]
+    for _ in range(5):  # enough to fill a pipe nobody reads
+        assert daemon.client.post("/echo?mode=long_print", json={}, timeout=10).json() == {"printed": True}
+    assert daemon.client.post("/echo?mode=bad_metric", json={}).status_code == 200
+    assert daemon.client.post("/echo?mode=bad_metric", json={}).status_code == 200
+    assert daemon.client.get("/echo").json()["pid"] == pid
+    assert any(e.get("event") == "user_metric_rejected" for e in daemon.log_events())
+    assert any("[line cut]" in e.get("line", "") for e in daemon.log_events())

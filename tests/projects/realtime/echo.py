@@ -61,6 +61,12 @@ class Handler:
                 raise RuntimeError("callback exploded")
 
             return {"ok": True}, explode
+        if mode == "long_print":
+            print("x" * 1_500_000)  # over the daemon's 1 MiB line limit
+            return {"printed": True}
+        if mode == "bad_metric":
+            self.metrics.gauge("inferd_requests_total", 1.0)  # clashes with inferd's own series
+            return {"recorded": False}
         if mode == "metric":
             self.metrics.increment("echo_calls", tags={"mode": "metric"})
             self.metrics.gauge("echo_gauge", 4.5)
