@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 PROJECTS = Path(__file__).parent / "projects"
+INTERNAL_FAULTS = {"frame_handler_failed", "background_task_crashed", "call_failed"}
 
 
 def free_port() -> int:
@@ -135,6 +136,9 @@ def shared_daemon(project: str, factory: pytest.TempPathFactory) -> Iterator[Run
         yield running
     finally:
         running.stop()
+    # internal faults are logged rather than fatal, so a whole module's run must show none
+    faults = [e for e in running.log_events() if e.get("event") in INTERNAL_FAULTS]
+    assert not faults, faults[:3]
 
 
 def metrics_once(daemon: RunningDaemon, needle: str, timeout: float = 10) -> str:

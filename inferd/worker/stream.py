@@ -51,7 +51,8 @@ class StreamCall:
             if meta.get("reply"):
                 self._messages.put_nowait(body)
             self.end = meta
-            self._done.set_result(None)
+            if not self._done.done():
+                self._done.set_result(None)
             self._messages.put_nowait(_END)
             self._credit_changed.set()
             self._on_finished(self.id)
@@ -83,7 +84,8 @@ class StreamCall:
 
     async def single(self) -> bytes | None:
         """For unary replies: wait for the end, return the (last) message, no credit traffic."""
-        await self._done
+        # shielded: a cancelled caller (deadline) must not cancel the future on_end will resolve
+        await asyncio.shield(self._done)
         reply = None
         while (item := self._messages.get_nowait()) is not _END:
             reply = item

@@ -192,6 +192,7 @@ def test_oversized_request_is_resource_exhausted(tmp_path: Path, start_daemon, p
 
 
 def test_deadline_frees_the_worker_slot(stub, pb, daemon: RunningDaemon) -> None:
+    restarts_before = daemon.api("predictor")["restarts"]
     with pytest.raises(grpc.RpcError) as err:
         stub.Predict(pb[0].Sample(text="slow", delay=1.0), timeout=0.3)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -203,7 +204,9 @@ def test_deadline_frees_the_worker_slot(stub, pb, daemon: RunningDaemon) -> None
     while time.monotonic() < deadline and daemon.api("predictor")["workers"][0]["in_flight"]:
         time.sleep(0.05)
     assert daemon.api("predictor")["workers"][0]["in_flight"] == 0
-    # the generator was stopped, not run to its end
+    # the generator was stopped, not run to its end, by the same worker (no crash, no restart)
+    assert daemon.api("predictor")["restarts"] == restarts_before
+    assert not any(e.get("event") == "frame_handler_failed" for e in daemon.log_events())
     from google.protobuf import empty_pb2
     produced = stub.Info(empty_pb2.Empty()).index
     time.sleep(0.3)
