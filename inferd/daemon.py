@@ -224,23 +224,29 @@ class Daemon:
         self.notifier.reloading()
         log.info("reload_started")
         try:
-            project, protos = self.load()
+            report = await self._reconcile()
         except SpecError as exc:
             report = ReloadReport(errors={self.settings.project.name + "/cortex.yaml": str(exc)})
-        else:
-            log_project(project)
-            self.store = await self._open_store(project)
-            assert self.deployment is not None
-            self.deployment.store = self.store
-            report, retiring = await apply_reload(self.deployment, project, protos, self._inventory(project),
-                                                  self.settings.ready_wait)
-            self.project = project
-            self._route()
-            for runtime in retiring:
-                self._retiring.add(self._spawn(self._retire(runtime)))
+        except Exception as exc:  # noqa: BLE001 - a failed reload must never take the daemon down
+            log.error("reload_crashed", exc_info=exc)
+            report = ReloadReport(errors={"reload": f"{type(exc).__name__}: {exc}"})
         self.last_reload = f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {'ok' if report.ok else 'FAILED'}: {report.summary()}"
         (log.info if report.ok else log.error)("reload_finished", ok=report.ok, summary=report.summary())
         self.notifier.ready(self._status_line())
+        return report
+
+    async def _reconcile(self) -> ReloadReport:
+        project, protos = self.load()
+        log_project(project)
+        self.store = await self._open_store(project)
+        assert self.deployment is not None
+        self.deployment.store = self.store
+        report, retiring = await apply_reload(self.deployment, project, protos, self._inventory(project),
+                                              self.settings.ready_wait)
+        self.project = project
+        self._route()
+        for runtime in retiring:
+            self._retiring.add(self._spawn(self._retire(runtime)))
         return report
 
     async def _retire(self, runtime: ApiRuntime) -> None:
@@ -286,7 +292,10 @@ class Daemon:
         while True:
             self._readiness_changed.clear()
             if self.deployment is not None and self.grpc is not None:
-                await self.grpc.set_health(self.deployment.readiness())
+                try:
+                    await self.grpc.set_health(self.deployment.readiness())
+                except Exception as exc:  # noqa: BLE001 - try again on the next change
+                    log.warning("health_update_failed", error=str(exc))
             await self._readiness_changed.wait()
 
     async def _sweep_forever(self) -> None:

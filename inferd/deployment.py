@@ -107,10 +107,10 @@ class Deployment:
               digests: Mapping[str, str], names: Iterable[str]) -> dict[str, ApiRuntime]:
         """Runtimes (pools not started) for the named APIs of ``project``."""
         wanted = set(names)
-        servable = [api for api in project.apis if unsupported_reason(api) is None]
+        servable = [api for api in project.apis if unsupported_reason(api) is None and api.name in wanted]
         plan = assign_gpus(inventory, [GpuRequest(api.name, max(api.worker_count // api.processes_per_replica, 1),
                                                   api.processes_per_replica, api.gpus_per_replica)
-                                       for api in servable])
+                                       for api in servable], self._placed(exclude=wanted))
         for warning in plan.warnings:
             log.warning("gpu_shared", detail=warning)
         built = {}
@@ -126,6 +126,16 @@ class Deployment:
             pool = WorkerPool(self._pool_config(project, api, compiled, plan.devices[api.name]))
             built[api.name] = ApiRuntime(api, digests[api.name], pool, compiled=compiled)
         return built
+
+    def _placed(self, exclude: set[str]) -> dict[str, list[tuple[int, ...]]]:
+        """Devices of the replicas that keep running (a reload builds only what changed)."""
+        placed = {}
+        for name, runtime in self.apis.items():
+            if name in exclude or runtime.pool is None:
+                continue
+            step = runtime.spec.processes_per_replica
+            placed[name] = [slot.gpus for slot in runtime.pool.config.slots[::step] if slot.gpus]
+        return placed
 
     def _pool_config(self, project: ProjectSpec, api: ApiSpec, compiled: CompiledProto | None,
                      devices: tuple[tuple[int, ...], ...]) -> PoolConfig:

@@ -160,17 +160,26 @@ def _shutdown(nvml: Any) -> None:
 # --------------------------------------------------------------------------- assignment
 
 
-def assign_gpus(inventory: Sequence[GpuDevice], requests: Sequence[GpuRequest]) -> GpuPlan:
+def assign_gpus(inventory: Sequence[GpuDevice], requests: Sequence[GpuRequest],
+                placed: Mapping[str, Sequence[tuple[int, ...]]] | None = None) -> GpuPlan:
     """Place every replica of every request on devices; pure and deterministic.
 
     Requests are served in the given order, replicas in order. Each replica
     takes the `gpus` devices with the fewest replicas already on them, then
     the most free memory, then the lowest index. Sharing a device between
     replicas is allowed (a single box: the user's choice) but warned about.
+    `placed` holds replicas already running (api -> their device tuples, e.g.
+    APIs a reload keeps): they count as load and are never moved.
     """
     _check_inputs(inventory, requests)
     load = {device.index: 0 for device in inventory}  # replicas placed per device
     owners: dict[int, list[str]] = {device.index: [] for device in inventory}
+    for api, replicas in (placed or {}).items():
+        for replica in replicas:
+            for index in replica:
+                if index in load:
+                    load[index] += 1
+                    owners[index].append(api)
     devices: dict[str, tuple[tuple[int, ...], ...]] = {}
     errors: dict[str, str] = {}
     warnings: list[str] = []

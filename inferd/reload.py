@@ -62,7 +62,10 @@ def _fingerprint(path: Path) -> bytes:
     """Source by content; anything else (data, weights: possibly gigabytes) by size and mtime."""
     if path.suffix == ".py":
         return _read(path)
-    info = path.stat()
+    try:
+        info = path.stat()
+    except OSError:  # deleted since the directory was listed (a handler's temp file)
+        return b"gone"
     return f"{info.st_size}:{info.st_mtime_ns}".encode()
 
 

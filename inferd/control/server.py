@@ -40,9 +40,11 @@ def clear_stale_socket(path: Path) -> None:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
-    except OSError:
+    except ConnectionRefusedError:  # nobody listens: a dead daemon's leftover
         path.unlink(missing_ok=True)
         return
+    except OSError as exc:  # e.g. permission denied: we cannot tell, so we do not delete it
+        raise SocketInUse(f"cannot check the existing control socket {path}: {exc}") from None
     finally:
         probe.close()
     raise SocketInUse(f"another inferd is listening on {path}")
@@ -79,8 +81,13 @@ class ControlServer:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         clear_stale_socket(self.path)
         self.server.add_insecure_port(f"unix:{self.path}")
-        await self.server.start()
-        os.chmod(self.path, 0o660)  # the daemon's group may control it; others may not even connect
+        # created 0660 from the start (no window in which others could connect), then made sure
+        previous = os.umask(0o117)
+        try:
+            await self.server.start()
+        finally:
+            os.umask(previous)
+        os.chmod(self.path, 0o660)
         log.info("control_socket_listening", path=str(self.path))
 
     async def stop(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inferd.grpc.protos import CompiledProto, ProtoError, compile_proto, package_warning
+from inferd.grpc.protos import CompiledProto, ProtoError, compile_proto, descriptor_pool, package_warning
 from inferd.logs import get_logger
 from inferd.spec import ProjectSpec, SpecError, SpecIssue
 
@@ -40,6 +40,20 @@ def compile_project(project: ProjectSpec, cache_root: Path) -> dict[str, Compile
         warning = package_warning(result, api.name)
         if warning:
             log.warning("proto_package_differs", api=api.name, detail=warning)
+    if not issues and len(compiled) > 1:
+        issues.extend(_shared_pool_issues(project, compiled))
     if issues:
         raise SpecError(issues)
     return compiled
+
+
+def _shared_pool_issues(project: ProjectSpec, compiled: dict[str, CompiledProto]) -> list[SpecIssue]:
+    """All services are reflected from one descriptor pool: two protos defining the same full
+    symbol (say both ``predictor.Sample``) cannot both be served."""
+    try:
+        descriptor_pool(*compiled.values())
+    except ProtoError as exc:
+        last = project.api(list(compiled)[-1])
+        index = project.apis.index(last)
+        return [SpecIssue(project.config_file.name, last.line, f"apis[{index}].handler.protobuf_path", str(exc))]
+    return []

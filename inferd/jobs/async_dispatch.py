@@ -35,6 +35,7 @@ class AsyncDispatcher:
         self._wakeup = asyncio.Event()
         self._consumers: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._claims = 0
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -49,31 +50,44 @@ class AsyncDispatcher:
         in_progress and are requeued by ``recover`` at the next start."""
         self.stopping = True
         self._wakeup.set()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._claims:  # a claim being committed becomes a running job: let it
+            await asyncio.sleep(0.01)
         if self._running:
-            await asyncio.wait(self._running, timeout=timeout)
-        for task in self._consumers:
+            await asyncio.wait(set(self._running), timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        for task in self._consumers:  # now only waiting (for a worker or for work): safe to cancel
             task.cancel()
         await asyncio.gather(*self._consumers, return_exceptions=True)
 
     async def _consume(self, slot: int) -> None:
         while not self.stopping:
             try:
-                await self.pool.wait_slot_ready(slot)
+                await self._step(slot)
             except ApiUnavailable:
                 return
-            self._wakeup.clear()
+            except Exception as exc:  # noqa: BLE001 - e.g. a busy or full disk: retry, never die
+                log.error("async_dispatch_failed", api=self.api, slot=slot, error=str(exc), exc_info=exc)
+                await asyncio.sleep(IDLE_POLL)
+
+    async def _step(self, slot: int) -> None:
+        await self.pool.wait_slot_ready(slot)
+        self._wakeup.clear()
+        self._claims += 1
+        try:
             job = await self.store.claim_next(self.api)
-            if job is None:
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            # shielded: stopping the dispatcher must not abandon a job mid-call
-            task = asyncio.get_running_loop().create_task(self._run(slot, job))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-            await asyncio.shield(task)
+        finally:
+            self._claims -= 1
+        if job is None:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL)
+            except asyncio.TimeoutError:
+                pass
+            return
+        # shielded: stopping the dispatcher must not abandon a job mid-call
+        task = asyncio.get_running_loop().create_task(self._run(slot, job))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        await asyncio.shield(task)
 
     async def _run(self, slot: int, job: Job) -> None:
         meta = {"t": "call", "verb": "async", "ct": job.content_type, "rid": job.id, "q": ""}

@@ -108,9 +108,10 @@ class WorkerPool:
                 self.config.on_change()
             except asyncio.CancelledError:
                 raise
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - the slot must keep trying, never go dark
                 ready, code = False, None
-                worker.error = f"cannot start worker: {exc}"
+                worker.error = f"cannot start worker: {type(exc).__name__}: {exc}"
+                worker.kill()
             if self.stopping:
                 return
             self.last_error = worker.error or f"worker {worker.pid} exited with code {code}"

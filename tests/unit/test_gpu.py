@@ -301,3 +301,13 @@ def test_read_inventory_never_raises_on_shutdown_error(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     assert read_inventory() == (GpuDevice(0, "GPU-a", "A", 2, 1),)
 
+
+
+def test_running_replicas_count_as_load_and_stay_put() -> None:
+    inventory = [GpuDevice(0, "u0", "g", 80, 10), GpuDevice(1, "u1", "g", 80, 70)]
+    # "a" already runs on device 0, which therefore shows less free memory; "b" is new
+    plan = assign_gpus(inventory, [GpuRequest("b", 1, 1, 1)], placed={"a": [(0,)]})
+    assert plan.devices == {"b": ((1,),)}
+    assert plan.warnings == ()
+    crowded = assign_gpus(inventory, [GpuRequest("c", 1, 1, 1)], placed={"a": [(0,)], "b": [(1,)]})
+    assert len(crowded.warnings) == 1 and "devices are shared" in crowded.warnings[0]

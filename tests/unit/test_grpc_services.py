@@ -43,3 +43,17 @@ def test_unchanged_proto_is_not_recompiled(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(grpc_tools.protoc, "main", lambda *a, **k: pytest.fail("recompiled an unchanged proto"))
     assert compile_project(project, tmp_path / "cache")["api"].out_dir == first["api"].out_dir
+
+
+def test_two_protos_defining_one_message_name_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "handler.py").write_text(HANDLER)
+    yaml = ""
+    for api, service in (("first", "S1"), ("second", "S2")):
+        (tmp_path / f"{api}.proto").write_text(
+            f'syntax = "proto3";\npackage shared;\nservice {service} {{ rpc Go (M) returns (M); }}\n'
+            'message M { string t = 1; }\n')
+        yaml += (f"- name: {api}\n  kind: RealtimeAPI\n  handler:\n    type: python\n    path: handler.py\n"
+                 f"    protobuf_path: {api}.proto\n")
+    with pytest.raises(SpecError) as err:
+        compile_project(parse_apis(yaml, tmp_path), tmp_path / "cache")
+    assert "apis[1].handler.protobuf_path" in str(err.value) and "shared.M" in str(err.value)
