@@ -24,6 +24,7 @@ from inferd.grpc.bridge import RpcBridge
 from inferd.grpc.protos import CompiledProto
 from inferd.http.asyncapi import AsyncEndpoint
 from inferd.http.realtime import RealtimeEndpoint
+from inferd.http.responses import send_json
 from inferd.jobs.async_dispatch import AsyncDispatcher
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
@@ -47,6 +48,10 @@ def grpc_init(compiled: CompiledProto, cache: Path) -> dict[str, Any]:
             "methods": [{"name": m.name, "client_streaming": m.client_streaming,
                          "server_streaming": m.server_streaming, "input_type": m.input_type,
                          "output_type": m.output_type} for m in compiled.methods]}
+
+
+async def model_info(scope: Any, receive: Any, send: Any) -> None:
+    await send_json(send, 200, {})
 
 
 def unsupported_reason(api: ApiSpec) -> str | None:
@@ -231,6 +236,7 @@ class Deployment:
                 routes[endpoint] = subroutes[endpoint] = front
             elif isinstance(front, RealtimeEndpoint):
                 routes[endpoint] = front
+                routes[f"{endpoint}/info"] = model_info  # Cortex's model metadata: none without models
         return routes, subroutes
 
     def rpc_routes(self) -> dict[str, grpc.RpcMethodHandler]:

@@ -305,3 +305,7 @@ def test_huge_print_lines_and_bad_metrics_do_not_hurt_the_worker(daemon: Running
     assert daemon.client.get("/echo").json()["pid"] == pid
     assert any(e.get("event") == "user_metric_rejected" for e in daemon.log_events())
     assert any("[line cut]" in e.get("line", "") for e in daemon.log_events())
+
+
+def test_cortex_info_route(daemon: RunningDaemon) -> None:
+    assert daemon.client.get("/echo/info").json() == {}
