@@ -300,3 +300,39 @@ def test_reload_with_a_changed_proto(tmp_path: Path, start_daemon, pb) -> None:
         assert b"pong" in channel.unary_unary("/predictor.Predictor/Ping")(b"")
     if GRPCURL:
         assert "rpc Ping" in grpcurl(daemon, "describe", "predictor.Predictor").stdout
+
+
+def test_reload_under_grpc_load_fails_no_call(tmp_path: Path, start_daemon, pb) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(PROJECTS / "grpc", project)
+    daemon = start_daemon(project)
+    daemon.wait_ready()
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as channel:
+            stub = pb[1].PredictorStub(channel)
+            while not stop.is_set():
+                try:
+                    outcomes.append(stub.Predict(pb[0].Sample(text="v"), timeout=30).text)
+                except grpc.RpcError as exc:
+                    outcomes.append(f"error {exc.code()}: {exc.details()}")
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        handler = project / "handler.py"
+        handler.write_text(handler.read_text().replace("payload.text.upper()", "payload.text.upper() + '2'"))
+        result = subprocess.run([sys.executable, "-m", "inferd", "reload", "--state-dir", str(daemon.state_dir)],
+                                capture_output=True, text=True, timeout=120)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert result.returncode == 0, result.stderr
+    assert [o for o in outcomes if o.startswith("error")] == []
+    assert outcomes[0] == "V" and outcomes[-1] == "V2"
