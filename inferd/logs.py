@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+CONSOLE = False  # True when lines are rendered for a person (a terminal), not as JSON
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -26,8 +27,10 @@ def _static_fields(fields: dict[str, Any]) -> structlog.types.Processor:
 
 def configure_logging(level: str = "info", json_output: bool | None = None, **fields: Any) -> None:
     """``json_output=None`` picks JSON unless stdout is a terminal (then a readable console)."""
+    global CONSOLE
     if json_output is None:
         json_output = not sys.stdout.isatty()
+    CONSOLE = not json_output
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
     )
@@ -58,6 +61,19 @@ def configure_logging(level: str = "info", json_output: bool | None = None, **fi
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def relay_event(line: str, event: dict[str, Any]) -> None:
+    """A worker's JSON event on the daemon's stdout: as is, or re-rendered on a terminal."""
+    if not CONSOLE:
+        sys.stdout.write(line + "\n")
+        return
+    fields = dict(event)
+    name = str(fields.pop("event", fields.pop("message", "")))
+    level = str(fields.pop("level", fields.pop("levelname", "info"))).lower()
+    fields.pop("timestamp", None)
+    fields.setdefault("component", "worker")
+    getattr(structlog.get_logger("inferd.worker"), level if level in LEVELS else "info")(name, **fields)
 
 
 def get_logger(**bind: Any) -> Any:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from inferd.logs import get_logger
+from inferd.logs import get_logger, relay_event
 from inferd.worker.ipc import FrameProtocol
 from inferd.worker.stream import StreamCall
 
@@ -257,11 +257,11 @@ class WorkerProcess:
             text = line.decode("utf-8", "replace").rstrip("\n")
             if text.startswith("{") and text.endswith("}"):
                 try:
-                    json.loads(text)
+                    event = json.loads(text)
                 except ValueError:
                     pass
                 else:
-                    sys.stdout.write(text + "\n")
+                    relay_event(text, event)
                     self._on_log(text)
                     continue
             if name == "stderr" and text.strip():
