@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import shutil
 import signal
 import socket
@@ -229,3 +230,27 @@ def test_watch_reloads_on_file_change(project: Path, start_daemon) -> None:
     while time.monotonic() < deadline and daemon.client.post("/main", json={}).json()["version"] != 4:
         time.sleep(0.2)
     assert daemon.client.post("/main", json={}).json()["version"] == 4
+
+
+def test_logs_follow_streams_new_lines(project: Path, start_daemon) -> None:
+    daemon = start_daemon(project)
+    daemon.wait_ready()
+    follower = subprocess.Popen([sys.executable, "-m", "inferd", "logs", "main", "-f", "--tail", "0",
+                                 "--state-dir", str(daemon.state_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # the follower is subscribed
+        request_id = daemon.client.post("/main", json={"follow": 1}).headers["x-request-id"]
+        deadline = time.monotonic() + 20
+        seen = []
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([follower.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not readable:
+                break
+            line = follower.stdout.readline()
+            seen.append(line)
+            if request_id in line:
+                break
+        assert any(request_id in line for line in seen)
+    finally:
+        follower.terminate()
+        follower.wait(10)
