@@ -186,21 +186,20 @@ class Deployment:
 
     def _point_front(self, runtime: ApiRuntime) -> None:
         name = runtime.spec.name
-        front = self.fronts.get(name)
-        kind = RpcBridge if runtime.compiled else AsyncEndpoint if runtime.spec.kind == "AsyncAPI" else RealtimeEndpoint
         if runtime.pool is None or (runtime.spec.kind == "AsyncAPI" and self.store is None):
             self.fronts.pop(name, None)
             return
-        if not isinstance(front, kind):
-            front = self._new_front(runtime)
-            self.fronts[name] = front
+        kind = RpcBridge if runtime.compiled else AsyncEndpoint if runtime.spec.kind == "AsyncAPI" else RealtimeEndpoint
+        front = self.fronts.get(name)
+        if not isinstance(front, kind):  # new API, or it changed protocol: a new front door
+            front = self.fronts[name] = self._new_front(kind, runtime)
         front.repoint(runtime)
 
-    def _new_front(self, runtime: ApiRuntime) -> RealtimeEndpoint | AsyncEndpoint | RpcBridge:
+    def _new_front(self, kind: type, runtime: ApiRuntime) -> RealtimeEndpoint | AsyncEndpoint | RpcBridge:
         name = runtime.spec.name
-        if runtime.compiled is not None:
+        if kind is RpcBridge:
             return RpcBridge(name, runtime.pool, runtime.compiled.methods, self.metrics.recorder(name))
-        if runtime.spec.kind == "AsyncAPI":
+        if kind is AsyncEndpoint:
             return AsyncEndpoint(name, runtime.spec.networking.endpoint, self.store, lambda: None,
                                  self.settings.max_body_size, self.settings.async_max_queue_length)
         return RealtimeEndpoint(name, runtime.pool, self.settings.max_body_size, self.metrics)

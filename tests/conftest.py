@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -151,9 +150,3 @@ def metrics_once(daemon: RunningDaemon, needle: str, timeout: float = 10) -> str
             break
         time.sleep(0.1)
     return text
-
-
-def copy_project(name: str, dest: Path) -> Path:
-    target = dest / name
-    shutil.copytree(PROJECTS / name, target)
-    return target

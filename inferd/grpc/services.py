@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inferd.grpc.protos import CompiledProto, ProtoError, compile_proto, descriptor_pool, package_warning
+from inferd.grpc.protos import (
+    CompiledProto,
+    ProtoError,
+    compile_proto,
+    descriptor_pool,
+    package_warning,
+)
 from inferd.logs import get_logger
 from inferd.spec import ProjectSpec, SpecError, SpecIssue
 

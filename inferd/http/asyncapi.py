@@ -13,9 +13,10 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from inferd.http.realtime import BodyTooLarge, ClientGone, read_body
+from inferd.http.body import BodyTooLarge, ClientGone, read_body, send_too_large
 from inferd.http.responses import send_bytes, send_error, send_json
 from inferd.store import COMPLETED, FAILED, AsyncJobStore, Job
+from inferd.worker.payload import PayloadError, media_type, parse_payload
 
 QUEUE_RECOUNT = 0.5  # seconds an estimated queue length is trusted
 
@@ -54,7 +55,9 @@ class AsyncEndpoint:
         self._counted_at = float("-inf")
 
     def repoint(self, runtime: Any) -> None:
-        """A reload replaced the API's workers: wake the new dispatcher on submissions."""
+        """A reload replaced the API's workers (and maybe moved its endpoint): wake the new
+        dispatcher on submissions."""
+        self.endpoint = runtime.spec.networking.endpoint
         dispatcher = runtime.dispatcher
         self.notify = dispatcher.notify if dispatcher is not None else (lambda: None)
 
@@ -81,20 +84,17 @@ class AsyncEndpoint:
     async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k not in UNSTORED_HEADERS}
         content_type = headers.get("content-type", "application/octet-stream")
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_size):
-            return await self._too_large(send)
         try:
-            body = await read_body(receive, self.max_body_size)
+            body = await read_body(receive, self.max_body_size, headers.get("content-length"))
         except BodyTooLarge:
-            return await self._too_large(send)
+            return await send_too_large(send, self.api, self.max_body_size)
         except ClientGone:
             return
-        if content_type.split(";", 1)[0].strip().lower() == "application/json":
+        if media_type(content_type) == "application/json":
             try:
-                json.loads(body)
-            except ValueError as exc:
-                return await send_error(send, 400, self.api, f"malformed JSON body: {exc}")
+                parse_payload(content_type, body)  # the worker's own parser: same rule, same message
+            except PayloadError as exc:
+                return await send_error(send, 400, self.api, str(exc))
         queued = await self._queued_jobs()
         if queued >= self.max_queue_length:
             return await send_error(send, 503, self.api, f"api '{self.api}' has {queued} jobs queued, the limit "
@@ -113,7 +113,3 @@ class AsyncEndpoint:
             self._counted_at = now  # before the await: concurrent submissions must not all recount
             self._queued = await self.store.queue_length(self.api)
         return self._queued
-
-    async def _too_large(self, send: Send) -> None:
-        await send_error(send, 413, self.api, f"request body is larger than the limit of {self.max_body_size} bytes",
-                         [(b"connection", b"close")])

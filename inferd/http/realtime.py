@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from inferd.http.body import BodyTooLarge, ClientGone, read_body, send_too_large
 from inferd.http.responses import send_bytes, send_error
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
@@ -26,30 +27,6 @@ CORS = [(b"access-control-allow-origin", b"*"),
         (b"access-control-allow-credentials", b"true")]
 log = get_logger()
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class ClientGone(Exception):
-    pass
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class RealtimeEndpoint:
@@ -100,12 +77,11 @@ class RealtimeEndpoint:
             await send_error(send, 405, self.api, f"method {verb.upper()} is not implemented by api '{self.api}'",
                              [(b"allow", allow.encode()), rid_header])
             return 405
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_size):
-            return await self._too_large(send, rid_header)
         try:
-            body = await read_body(receive, self.max_body_size)
+            body = await read_body(receive, self.max_body_size, length)
         except BodyTooLarge:
-            return await self._too_large(send, rid_header)
+            await send_too_large(send, self.api, self.max_body_size, [rid_header])
+            return 413
         except ClientGone:
             return 0
         meta = {"t": "call", "verb": verb, "ct": content_type, "rid": rid,
@@ -126,8 +102,3 @@ class RealtimeEndpoint:
             if reply.ack is not None:
                 reply.ack()  # even if sending failed: the callback runs, and never leaks
         return reply.status
-
-    async def _too_large(self, send: Send, rid_header: tuple[bytes, bytes]) -> int:
-        await send_error(send, 413, self.api, f"request body is larger than the limit of {self.max_body_size} bytes",
-                         [rid_header, (b"connection", b"close")])
-        return 413

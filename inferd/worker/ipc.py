@@ -51,10 +51,8 @@ class FrameProtocol(asyncio.Protocol):
         self._on_close = on_close
         self._buf = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        self._closed = False
         self._loop = asyncio.get_running_loop()
-        self._paused = False
-        self._drained: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -93,26 +91,10 @@ class FrameProtocol(asyncio.Protocol):
         self.connection_lost(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed.done():
+        if self._closed:  # _fail and the transport may both report the same loss
             return
-        self.closed.set_result(exc)
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self._closed = True
         self._on_close(exc)
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    async def drain(self) -> None:
-        """Wait until the peer has taken what we wrote (back-pressure for streams)."""
-        if self._paused and not self.closed.done():
-            self._drained = self._loop.create_future()
-            await self._drained
 
     def send(self, meta: dict[str, Any], body: bytes = b"") -> bool:
         if self.transport is None or self.transport.is_closing():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import select
+import queue
 import shutil
 import signal
 import socket
@@ -237,20 +237,22 @@ def test_logs_follow_streams_new_lines(project: Path, start_daemon) -> None:
     daemon.wait_ready()
     follower = subprocess.Popen([sys.executable, "-m", "inferd", "logs", "main", "-f", "--tail", "0",
                                  "--state-dir", str(daemon.state_dir)], stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout], daemon=True).start()
     try:
-        time.sleep(1.0)  # the follower is subscribed
-        request_id = daemon.client.post("/main", json={"follow": 1}).headers["x-request-id"]
-        deadline = time.monotonic() + 20
-        seen = []
-        while time.monotonic() < deadline:
-            readable, _, _ = select.select([follower.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if not readable:
-                break
-            line = follower.stdout.readline()
-            seen.append(line)
-            if request_id in line:
-                break
-        assert any(request_id in line for line in seen)
+        # keep sending until one request's lines show up: the follower subscribes in its own time
+        deadline = time.monotonic() + 30
+        found = False
+        while not found and time.monotonic() < deadline:
+            request_id = daemon.client.post("/main", json={"follow": 1}).headers["x-request-id"]
+            try:
+                while True:
+                    if request_id in lines.get(timeout=1.0):
+                        found = True
+                        break
+            except queue.Empty:
+                pass
+        assert found, "inferd logs -f printed no line of a request made while it was following"
     finally:
         follower.terminate()
         follower.wait(10)

@@ -1,0 +1,42 @@
+"""Request bodies under a size limit: refused from Content-Length before reading when it
+already says too much, else cut off while streaming (chunked uploads have no length)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from starlette.types import Receive, Send
+
+from inferd.http.responses import send_error
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int, content_length: bytes | str | None = None) -> bytes:
+    if content_length is not None and (not content_length.isdigit() or int(content_length) > limit):
+        raise BodyTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_too_large(send: Send, api: str, limit: int, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    # close: the rest of the oversized body is not read, so the connection cannot be reused
+    await send_error(send, 413, api, f"request body is larger than the limit of {limit} bytes",
+                     [*extra, (b"connection", b"close")])
