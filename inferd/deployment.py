@@ -113,9 +113,9 @@ class Deployment:
         """Runtimes (pools not started) for the named APIs of ``project``."""
         wanted = set(names)
         servable = [api for api in project.apis if unsupported_reason(api) is None and api.name in wanted]
-        plan = assign_gpus(inventory, [GpuRequest(api.name, max(api.worker_count // api.processes_per_replica, 1),
-                                                  api.processes_per_replica, api.gpus_per_replica)
-                                       for api in servable], self._placed(exclude=wanted))
+        requests = [GpuRequest(api.name, api.replicas, api.processes_per_replica, api.gpus_per_replica)
+                    for api in servable]
+        plan = assign_gpus(inventory, requests, self._placed(exclude=wanted))
         for warning in plan.warnings:
             log.warning("gpu_shared", detail=warning)
         built = {}

@@ -239,9 +239,13 @@ class ApiSpec:
         return self.handler.processes_per_replica if self.handler is not None else 1
 
     @property
+    def replicas(self) -> int:
+        """Replicas on this one node: min_replicas (at least 1); there is no autoscaler."""
+        return 1 if self.autoscaling is None else max(self.autoscaling.min_replicas, 1)
+
+    @property
     def worker_count(self) -> int:
-        replicas = 1 if self.autoscaling is None else max(self.autoscaling.min_replicas, 1)
-        return replicas * self.processes_per_replica
+        return self.replicas * self.processes_per_replica
 
 
 @dataclass(frozen=True)

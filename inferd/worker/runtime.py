@@ -8,7 +8,6 @@ left (the ``sent`` frame), so it can never race the client.
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
 import socket
 import sys
@@ -111,7 +110,8 @@ class WorkerRuntime:
         self.inline = threads == 1
         module = load_module(project / init["handler_path"])
         cls = find_class(module)
-        available = {"config": copy.deepcopy(init.get("config") or {}),
+        # the init frame was decoded for this process alone: the config is already a private copy
+        available = {"config": init.get("config") or {},
                      "metrics_client": MetricsClient(self.channel.send_threadsafe)}
         grpc = init.get("grpc")
         if grpc:
