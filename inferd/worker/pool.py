@@ -63,6 +63,7 @@ class WorkerPool:
         self.restarts = 0
         self.last_error: str | None = None
         self.stopping = False
+        self.verbs: dict[str, list[str]] | None = None  # the Handler's HTTP verbs and their arguments
         self._ready_changed = asyncio.Event()
         self._supervisors: list[asyncio.Task[None]] = []
         self.log = get_logger(api=config.api)
@@ -101,6 +102,8 @@ class WorkerPool:
                 await worker.start()
                 ready = await worker.wait_ready()
                 if ready:
+                    # one pool runs one handler version: any worker's report is the pool's
+                    self.verbs = self.verbs or worker.verbs or None
                     self._ready_changed.set()
                     self.config.on_change()
                     self.log.info("worker_ready", pid=worker.pid, slot=slot)
@@ -134,13 +137,6 @@ class WorkerPool:
     def ready_workers(self) -> list[WorkerProcess]:
         return [w for w in self.workers if w is not None and w.state == "ready"]
 
-    @property
-    def verbs(self) -> dict[str, list[str]] | None:
-        """The Handler's HTTP verbs (and the arguments each declares), once a worker reported them."""
-        for worker in self.workers:
-            if worker is not None and worker.verbs:
-                return worker.verbs
-        return None
 
     async def call(self, meta: dict[str, Any], body: bytes) -> Reply:
         worker = await self._pick()
