@@ -8,8 +8,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inferd import __version__
+
+if TYPE_CHECKING:  # for the annotation only: _client imports it when called, as before
+    from inferd.control.client import ControlClient
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,7 +94,7 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace):  # -> ControlClient
+def _client(args: argparse.Namespace) -> ControlClient:
     from inferd.control.client import ControlClient
     from inferd.settings import load_settings
 

@@ -13,7 +13,6 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,16 @@ import uvicorn
 from inferd.control.schema import load_schema
 from inferd.control.server import ControlServer
 from inferd.control.target import DaemonControl
-from inferd.deployment import ApiRuntime, Deployment, proto_cache_dir
-from inferd.gpu import read_inventory
+from inferd.deployment import Deployment
+from inferd.gpu import GpuDevice, read_inventory
 from inferd.grpc.protos import CompiledProto
 from inferd.grpc.server import GrpcServer
 from inferd.grpc.services import compile_project
 from inferd.http.app import InferdApp
 from inferd.http.system import system_app
+from inferd.jobs.lifecycle import open_job_store, sweep_forever
+from inferd.kinds import needs_store
+from inferd.kinds.base import ApiRuntime, KindContext
 from inferd.logbook import LogBook
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
@@ -37,13 +39,17 @@ from inferd.reload import ReloadReport, api_digests, apply_reload
 from inferd.settings import Settings
 from inferd.spec import ProjectSpec, SpecError, load_project
 from inferd.store import AsyncJobStore
-from inferd.telemetry import refresh_gauges
+from inferd.telemetry import follow_gauges
 
 log = get_logger()
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+
+
+def proto_cache_dir(settings: Settings) -> Path:
+    return settings.state_dir / "protos"
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -112,8 +118,11 @@ class Daemon:
         self._background: set[asyncio.Task[Any]] = set()
         self._retiring: set[asyncio.Task[Any]] = set()
 
-    def describe_apis(self) -> list[dict]:
+    def describe_apis(self) -> list[dict[str, Any]]:
         return self.deployment.describe() if self.deployment else []
+
+    def kind_context(self) -> KindContext:
+        return KindContext(self.settings, self.metrics, self.store, proto_cache_dir(self.settings))
 
     def load(self) -> tuple[ProjectSpec, dict[str, CompiledProto]]:
         """cortex.yaml and the protos it names; SpecError lists every problem."""
@@ -145,8 +154,8 @@ class Daemon:
         server = HttpServer(self.app, self.settings)
         await server.startup(sockets=[sock])
         serving = asyncio.get_running_loop().create_task(server.main_loop())
-        for job in (self._follow_health(), self._sweep_forever(), self._announce_ready(),
-                    self._watchdog(), self._refresh_gauges()):
+        for job in (self._follow_health(), self._announce_ready(), self._watchdog(),
+                    follow_gauges(self.metrics, lambda: self.deployment)):
             self._spawn(job)
         if self.watch:
             self._spawn(self._watch_project())
@@ -159,37 +168,38 @@ class Daemon:
 
     async def _start_control(self) -> None:
         schema = load_schema(proto_cache_dir(self.settings))
-        self.control = ControlServer(self.settings.control_socket, schema, DaemonControl(self))
+        target = DaemonControl(self.describe_apis, self._api_status, self.metrics, self.logbook, self.request_reload,
+                               self.settings.project, self._daemon_meta)
+        self.control = ControlServer(self.settings.control_socket, schema, target)
         await self.control.start()
 
     async def _deploy(self, project: ProjectSpec, protos: dict[str, CompiledProto]) -> None:
         self.project = project
-        self.store = await self._open_store(project)
-        self.deployment = Deployment(self.settings, self.environ, self.metrics, self.store,
-                                     on_change=self._readiness_changed.set, on_log=self.logbook.add)
+        await self._open_store(project)
+        self.deployment = Deployment(self.kind_context(), self.environ, on_change=self._readiness_changed.set,
+                                     on_log=self.logbook.add)
         digests = api_digests(project)
         for runtime in self.deployment.build(project, protos, self._inventory(project), digests, digests).values():
             self.deployment.install(runtime)
         self._route()
 
-    def _inventory(self, project: ProjectSpec) -> tuple:
+    def _inventory(self, project: ProjectSpec) -> tuple[GpuDevice, ...]:
         return read_inventory() if any(api.gpus_per_replica for api in project.apis) else ()
 
     def _route(self) -> None:
         assert self.deployment is not None and self.grpc is not None
-        self.app.set_routes(*self.deployment.routes())
+        self.app.set_routes(self.deployment.routes())
         self.grpc.route(self.deployment.rpc_routes(), self.deployment.protos())
         self._readiness_changed.set()
 
-    async def _open_store(self, project: ProjectSpec) -> AsyncJobStore | None:
-        """The job store, when some API queues jobs; jobs a crash left running are requeued."""
-        if self.store is not None or not any(api.kind == "AsyncAPI" for api in project.apis):
-            return self.store
-        store = await AsyncJobStore.open(self.settings.state_dir / "async.db")
-        requeued, failed = await store.recover()
-        if requeued or failed:
-            log.warning("async_jobs_recovered", requeued=requeued, failed=failed)
-        return store
+    async def _open_store(self, project: ProjectSpec) -> None:
+        """The job store, once some API's kind keeps jobs; it stays open from then on."""
+        if self.store is not None or not needs_store([api.kind for api in project.apis]):
+            return
+        self.store = await open_job_store(self.settings.state_dir / "async.db")
+        self._spawn(sweep_forever(self.store, self.settings.async_retention_days, self.settings.async_sweep_interval))
+        if self.deployment is not None:
+            self.deployment.set_store(self.kind_context())
 
     def _spawn(self, job: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(job)
@@ -204,6 +214,13 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig, event in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload")):
             loop.add_signal_handler(sig, self.events.put_nowait, (event, None))
+
+    async def _api_status(self, name: str) -> dict[str, Any]:
+        return await self.deployment.status(name) if self.deployment is not None else {}
+
+    def _daemon_meta(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "uptime": time.time() - self.started_at,
+                "project": str(self.settings.project), "last_reload": self.last_reload}
 
     async def request_reload(self) -> ReloadReport:
         """For the control socket: queue a reload and wait for its report."""
@@ -238,9 +255,8 @@ class Daemon:
     async def _reconcile(self) -> ReloadReport:
         project, protos = self.load()
         log_project(project)
-        self.store = await self._open_store(project)
+        await self._open_store(project)
         assert self.deployment is not None
-        self.deployment.store = self.store
         report, retiring = await apply_reload(self.deployment, project, protos, self._inventory(project),
                                               self.settings.ready_wait)
         self.project = project
@@ -264,8 +280,7 @@ class Daemon:
     async def _announce_ready(self) -> None:
         """READY=1 once every API that can start has either started or failed trying."""
         assert self.deployment is not None
-        pools = [rt.pool for rt in self.deployment.apis.values() if rt.pool is not None]
-        await asyncio.gather(*(pool.wait_all_ready(self.settings.ready_wait) for pool in pools))
+        await asyncio.gather(*(pool.wait_all_ready(self.settings.ready_wait) for pool in self.deployment.pools()))
         self.notifier.ready(self._status_line())
         log.info("inferd_ready", status=self._status_line())
 
@@ -297,29 +312,6 @@ class Daemon:
                 except Exception as exc:  # noqa: BLE001 - try again on the next change
                     log.warning("health_update_failed", error=str(exc))
             await self._readiness_changed.wait()
-
-    async def _sweep_forever(self) -> None:
-        retention = timedelta(days=self.settings.async_retention_days)
-        while True:
-            if self.store is not None:
-                try:
-                    deleted = await self.store.sweep(retention)
-                except Exception as exc:  # noqa: BLE001 - a failed sweep is retried next period
-                    log.error("async_sweep_failed", error=str(exc), exc_info=exc)
-                else:
-                    if deleted:
-                        log.info("async_jobs_swept", deleted=deleted,
-                                 retention_days=self.settings.async_retention_days)
-            await asyncio.sleep(self.settings.async_sweep_interval)
-
-    async def _refresh_gauges(self) -> None:
-        while True:
-            if self.deployment is not None:
-                try:
-                    await refresh_gauges(self.metrics, self.deployment, self.store)
-                except Exception as exc:  # noqa: BLE001 - stale gauges beat no daemon
-                    log.warning("gauge_refresh_failed", error=str(exc))
-            await asyncio.sleep(2.0)
 
     # -- stop ----------------------------------------------------------------------------------
 

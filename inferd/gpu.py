@@ -9,11 +9,12 @@ replica; every worker process of one replica shares that replica's devices
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # The NVIDIA container runtime's explicit value for "no GPU"; unlike "" it
 # cannot be mistaken for "unset" by tools that fall back to a default.
@@ -101,7 +102,7 @@ def _read_usage(nvml: Any) -> tuple[GpuUsage, ...]:
     return tuple(usage)
 
 
-def _nvml_query(query: Any) -> tuple:
+def _nvml_query(query: Callable[[Any], tuple[_T, ...]]) -> tuple[_T, ...]:
     """Run ``query(pynvml)`` between nvmlInit and nvmlShutdown; () whenever NVML is unusable."""
     try:
         import pynvml  # imported lazily: optional at runtime, and patchable in tests

@@ -17,7 +17,7 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 
 def _static_fields(fields: dict[str, Any]) -> structlog.types.Processor:
-    def add(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def add(_logger: Any, _name: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
         for key, value in fields.items():
             event.setdefault(key, value)
         return event

@@ -50,7 +50,7 @@ class Metrics:
         self._user: dict[str, tuple[Any, tuple[str, ...]]] = {}
         self.log = get_logger()
 
-    def recorder(self, api: str) -> "RequestRecorder":
+    def recorder(self, api: str) -> RequestRecorder:
         """One per API, shared by its fronts across reloads so recent figures survive a swap."""
         if api not in self.recorders:
             self.recorders[api] = RequestRecorder(self, api)
@@ -109,5 +109,8 @@ class RequestRecorder:
             return {"requests_per_second": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
         oldest = min(at for at, _ in self.recent if at >= since)
         span = max(time.monotonic() - oldest, 1.0)
-        pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] * 1000  # noqa: E731
+
+        def pick(q: float) -> float:
+            return samples[min(len(samples) - 1, int(q * len(samples)))] * 1000
+
         return {"requests_per_second": len(samples) / span, "p50_ms": pick(0.5), "p99_ms": pick(0.99)}

@@ -26,7 +26,7 @@ class SystemdNotifier:
         pid = environ.get("WATCHDOG_PID")
         enabled = usec and usec.isdigit() and (not pid or pid == str(os.getpid()))
         # ping twice per period, as sd_watchdog_enabled(3) advises
-        self.watchdog_interval = int(usec) / 2e6 if enabled else None
+        self.watchdog_interval = int(usec) / 2e6 if usec and enabled else None
         self._warned = False
 
     def send(self, *fields: str) -> None:

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inferd.deployment import ApiRuntime, Deployment
+from inferd.deployment import Deployment
+from inferd.kinds.base import ApiRuntime
 from inferd.gpu import GpuDevice
 from inferd.grpc.protos import CompiledProto
 from inferd.logs import get_logger

@@ -27,15 +27,17 @@ class Settings:
     state_dir: Path = Path("~/.local/state/inferd")
     runtime_dir: Path = Path("")   # control socket; default $RUNTIME_DIRECTORY or <state_dir>/run
     max_body_size: int = 20 * 1024 * 1024
+    max_header_size: int = 64 * 1024      # request line and headers of one request; beyond it 431
     shutdown_grace_period: float = 30.0
     ready_wait: float = 30.0
+    worker_liveness_timeout: float = 30.0  # a worker silent to heartbeats this long is killed and replaced
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
     async_retention_days: float = 7.0      # AsyncAPI jobs and results are deleted after this
     async_max_queue_length: int = 10000    # per AsyncAPI; beyond it submissions get 503
     async_sweep_interval: float = 3600.0   # seconds between retention sweeps
 
-    def resolved(self) -> "Settings":
+    def resolved(self) -> Settings:
         state_dir = self.state_dir.expanduser().resolve()
         runtime_dir = self.runtime_dir if str(self.runtime_dir) not in ("", ".") else state_dir / "run"
         return replace(self, project=self.project.expanduser().resolve(), state_dir=state_dir,
@@ -106,6 +108,10 @@ def _check(settings: Settings) -> Settings:
             raise SettingsError(f"{name}: must be a port number 0-65535, got {value}")
     if settings.max_body_size < 1:
         raise SettingsError(f"max_body_size: must be >= 1 byte, got {settings.max_body_size}")
+    if settings.max_header_size < 1024:
+        raise SettingsError(f"max_header_size: must be >= 1024 bytes, got {settings.max_header_size}")
+    if settings.worker_liveness_timeout <= 0:
+        raise SettingsError(f"worker_liveness_timeout: must be > 0 seconds, got {settings.worker_liveness_timeout}")
     if settings.async_retention_days <= 0 or settings.async_sweep_interval <= 0:
         raise SettingsError("async_retention_days and async_sweep_interval must be > 0")
     if settings.async_max_queue_length < 1:

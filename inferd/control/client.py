@@ -62,11 +62,13 @@ COLUMNS = ("API", "KIND", "ENDPOINT", "WORKERS", "GPUS", "REQ/S", "P50 MS", "P99
 def status_table(reply: Any) -> str:
     rows = [(a.name, a.kind, a.endpoint, f"{a.ready_workers}/{a.desired_workers}",
              ",".join(map(str, a.gpus)) or "-", f"{a.requests_per_second:.1f}", f"{a.p50_ms:.1f}",
-             f"{a.p99_ms:.1f}", str(a.queue_length) if a.kind == "AsyncAPI" else "-", a.state,
+             f"{a.p99_ms:.1f}", str(a.queue_length) if a.HasField("queue_length") else "-", a.state,
              (a.last_error or "-")[:60]) for a in reply.apis]
-    widths = [max(len(str(cell)) for cell in column) for column in zip(COLUMNS, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (COLUMNS, *rows)]
-    footer = f"\ninferd pid {reply.pid}, up {reply.uptime_seconds:.0f}s, project {reply.project}\nlast reload: {reply.last_reload}"
+    widths = [max(len(str(cell)) for cell in column) for column in zip(COLUMNS, *rows, strict=False)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
+             for row in (COLUMNS, *rows)]
+    footer = (f"\ninferd pid {reply.pid}, up {reply.uptime_seconds:.0f}s, project {reply.project}"
+              f"\nlast reload: {reply.last_reload}")
     return "\n".join(lines) + footer
 
 
@@ -76,7 +78,7 @@ def status_detail(reply: Any) -> str:
     lines = [f"{api.name} ({api.kind}) at {api.endpoint}: {api.state}",
              f"workers {api.ready_workers}/{api.desired_workers} ready, {api.restarts} restart(s)",
              f"requests/s {api.requests_per_second:.1f}, p50 {api.p50_ms:.1f} ms, p99 {api.p99_ms:.1f} ms"]
-    if api.kind == "AsyncAPI":
+    if api.HasField("queue_length"):
         lines.append(f"queue length {api.queue_length}")
     for worker in detail.get("workers", []):
         lines.append(f"  worker slot {worker['slot']}: pid {worker['pid']} {worker['state']} "

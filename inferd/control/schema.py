@@ -15,16 +15,16 @@ SERVICE = "inferd.v1.Control"
 class ControlSchema:
     def __init__(self, cache_root: Path) -> None:
         self.compiled: CompiledProto = compile_proto(PROTO, cache_root)
-        self.messages: dict[str, type] = message_classes(self.compiled)
+        self.messages: dict[str, type[Any]] = message_classes(self.compiled)
         self.methods = {m.name: m for m in self.compiled.methods}
 
     def message(self, short_name: str, **fields: Any) -> Any:
         return self.messages[f"inferd.v1.{short_name}"](**fields)
 
-    def request_class(self, method: str) -> type:
+    def request_class(self, method: str) -> type[Any]:
         return self.messages[self.methods[method].input_type]
 
-    def reply_class(self, method: str) -> type:
+    def reply_class(self, method: str) -> type[Any]:
         return self.messages[self.methods[method].output_type]
 
 

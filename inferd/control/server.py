@@ -16,8 +16,7 @@ from inferd.logs import get_logger
 
 log = get_logger()
 TEXT_FIELDS = ("name", "kind", "endpoint", "state")
-NUMBER_FIELDS = ("ready_workers", "desired_workers", "restarts", "requests_per_second", "p50_ms", "p99_ms",
-                 "queue_length")
+NUMBER_FIELDS = ("ready_workers", "desired_workers", "restarts", "requests_per_second", "p50_ms", "p99_ms")
 
 
 class ControlTarget(Protocol):
@@ -104,6 +103,8 @@ class ControlServer:
                 setattr(item, key, str(row.get(key) or ""))
             for key in NUMBER_FIELDS:
                 setattr(item, key, row.get(key) or 0)
+            if "queue_length" in row:  # only kinds with a queue report one
+                item.queue_length = row["queue_length"]
             item.last_error = row.get("error") or ""
             item.gpus.extend(sorted({g for w in row.get("workers", []) for g in w["gpus"]}))
             item.recent_errors.extend(row.get("recent_errors", []))

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from inferd.grpc.services import compile_project
+from inferd.logbook import LogBook
+from inferd.metrics import Metrics
+from inferd.reload import ReloadReport
 from inferd.spec import SpecError, load_project
-
-if TYPE_CHECKING:
-    from inferd.daemon import Daemon
-    from inferd.reload import ReloadReport
 
 
 def validate(project_dir: Path) -> tuple[bool, list[str], list[str]]:
@@ -44,28 +41,36 @@ def recent_errors(lines: list[str], keep: int = 5) -> list[str]:
 
 
 class DaemonControl:
-    def __init__(self, daemon: "Daemon") -> None:
-        self.daemon = daemon
+    """The control service's view of a running daemon: the few parts it reads, passed in,
+    so this module never imports the daemon (no cycle, and a test can pass fakes)."""
+
+    def __init__(self, describe: Callable[[], list[dict[str, Any]]],
+                 api_status: Callable[[str], Awaitable[dict[str, Any]]], metrics: Metrics, logbook: LogBook,
+                 reload: Callable[[], Awaitable[ReloadReport]], project: Path,
+                 meta: Callable[[], dict[str, Any]]) -> None:
+        self.describe = describe
+        self.api_status = api_status
+        self.metrics = metrics
+        self.logbook = logbook
+        self.reload = reload
+        self.project = project
+        self.meta = meta
 
     async def status_rows(self, api: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        daemon = self.daemon
-        rows = [row for row in daemon.describe_apis() if not api or row["name"] == api]
+        rows = [row for row in self.describe() if not api or row["name"] == api]
         for row in rows:
-            recorder = daemon.metrics.recorders.get(row["name"])
+            recorder = self.metrics.recorders.get(row["name"])
             if recorder is not None:
                 row.update(recorder.summary())
-            if row["kind"] == "AsyncAPI" and daemon.store is not None:
-                row["queue_length"] = await daemon.store.queue_length(row["name"])
-            row["recent_errors"] = recent_errors(daemon.logbook.recent(row["name"], 500))
-        meta = {"pid": os.getpid(), "uptime": time.time() - daemon.started_at,
-                "project": str(daemon.settings.project), "last_reload": daemon.last_reload}
-        return rows, meta
+            row.update(await self.api_status(row["name"]))
+            row["recent_errors"] = recent_errors(self.logbook.recent(row["name"], 500))
+        return rows, self.meta()
 
-    async def request_reload(self) -> "ReloadReport":
-        return await self.daemon.request_reload()
+    async def request_reload(self) -> ReloadReport:
+        return await self.reload()
 
     def validate_project(self, project: str) -> tuple[bool, list[str], list[str]]:
-        return validate(Path(project) if project else self.daemon.settings.project)
+        return validate(Path(project) if project else self.project)
 
     def log_lines(self, api: str, follow: bool, tail: int) -> AsyncIterator[str]:
-        return self.daemon.logbook.follow(api, tail, follow)
+        return self.logbook.follow(api, tail, follow)

@@ -17,6 +17,7 @@ import grpc
 from inferd.grpc.protos import RpcMethod
 from inferd.logs import get_logger
 from inferd.metrics import RequestRecorder
+from inferd.worker import protocol
 from inferd.worker.pool import ApiUnavailable, WorkerPool
 from inferd.worker.stream import StreamCall
 
@@ -38,10 +39,10 @@ class RpcBridge:
         self.methods = methods
         self.recorder = recorder
 
-    def repoint(self, runtime: Any) -> None:
+    def switch(self, pool: WorkerPool, methods: tuple[RpcMethod, ...]) -> None:
         """A reload replaced the API's workers (and maybe its proto): new calls go to them."""
-        self.pool = runtime.pool
-        self.methods = runtime.compiled.methods
+        self.pool = pool
+        self.methods = methods
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """gRPC method path -> handler, for the daemon's routing table."""
@@ -54,10 +55,10 @@ class RpcBridge:
     async def _open(self, method: RpcMethod, context: grpc.aio.ServicerContext, body: bytes) -> StreamCall:
         metadata = [(k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)]
         rid = next((v for k, v in metadata if k == "x-request-id"), None) or uuid.uuid4().hex
-        meta = {"t": "rpc", "m": method.name, "rid": rid, "md": metadata,
-                "deadline": context.time_remaining(), "peer": context.peer()}
+        opened = protocol.Open(0, rid, method.name, [[k, v] for k, v in metadata], context.time_remaining(),
+                               context.peer(), body)
         try:
-            return await self.pool.open_stream(meta, body)
+            return await self.pool.open_stream(opened)
         except ApiUnavailable as exc:
             log.warning("rpc_unavailable", api=self.api, rpc=method.name, request_id=rid, error=str(exc))
             if self.recorder is not None:
@@ -66,11 +67,12 @@ class RpcBridge:
             raise  # abort raises; this line only satisfies the type checker
 
     async def _close(self, call: StreamCall, context: grpc.aio.ServicerContext) -> None:
-        end = call.end or {"code": 0}
+        code, details = (call.end.code, call.end.details) if call.end is not None else (0, "")
+        status = STATUS.get(code, grpc.StatusCode.UNKNOWN)
         if self.recorder is not None:
-            self.recorder.observe(STATUS.get(end["code"], grpc.StatusCode.UNKNOWN).name, time.perf_counter() - call.started)
-        if end["code"] != 0:
-            await context.abort(STATUS.get(end["code"], grpc.StatusCode.UNKNOWN), end.get("details", ""))
+            self.recorder.observe(status.name, time.perf_counter() - call.started)
+        if code != 0:
+            await context.abort(status, details)
 
     async def _feed(self, call: StreamCall, requests: AsyncIterator[bytes]) -> None:
         async for body in requests:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import google.protobuf
 from google.protobuf import descriptor_pb2, message_factory
@@ -132,7 +133,7 @@ def load_pb2(compiled: CompiledProto) -> ModuleType:
         raise ProtoError(f"cannot import {name} from {compiled.out_dir}: {exc}") from exc
 
 
-def message_classes(compiled: CompiledProto) -> dict[str, type]:
+def message_classes(compiled: CompiledProto) -> dict[str, type[Any]]:
     """Full message name -> message class for every request and response type of the service.
 
     The classes come from this proto's private pool (:func:`descriptor_pool`), not from
@@ -149,7 +150,7 @@ def file_descriptor_protos(compiled: CompiledProto) -> list[bytes]:
     return [f.SerializeToString() for f in _descriptor_set(compiled.out_dir).file]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def descriptor_pool(*compiled: CompiledProto, base_files: tuple[bytes, ...] = ()) -> DescriptorPool:
     """A private pool holding the given protos and their imports (cached: same args, same pool).
 
@@ -284,7 +285,7 @@ def _bundled_dir() -> Path:
 
 
 def _restrict(tmp: Path) -> None:
-    for root, dirs, files in os.walk(tmp):
+    for root, _dirs, files in os.walk(tmp):
         os.chmod(root, 0o750)
         for name in files:
             os.chmod(os.path.join(root, name), 0o640)

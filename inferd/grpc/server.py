@@ -25,7 +25,7 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
 
 
-class Router(grpc.GenericRpcHandler):
+class Router(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no types: its classes are Any
     def __init__(self) -> None:
         self.table: Mapping[str, grpc.RpcMethodHandler] = {}
 
@@ -34,7 +34,7 @@ class Router(grpc.GenericRpcHandler):
         return self.table.get(handler_call_details.method)
 
 
-class LiveReflection(ReflectionServicer):
+class LiveReflection(ReflectionServicer):  # type: ignore[misc]  # grpcio-reflection ships no types either
     """grpcio-reflection's servicer, with a service list and pool that follow reloads."""
 
     def update(self, service_names: Iterable[str], pool: descriptor_pool.DescriptorPool) -> None:

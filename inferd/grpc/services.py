@@ -29,11 +29,12 @@ def compile_project(project: ProjectSpec, cache_root: Path) -> dict[str, Compile
     owners: dict[str, str] = {}
     label = project.config_file.name
     for index, api in enumerate(project.apis):
-        if not api.is_grpc:
+        handler = api.handler
+        if handler is None or handler.protobuf_path is None:  # what api.is_grpc checks, kept for mypy
             continue
         path = f"apis[{index}].handler.protobuf_path"
         try:
-            result = compile_proto(project.project_dir / api.handler.protobuf_path, cache_root)
+            result = compile_proto(project.project_dir / handler.protobuf_path, cache_root)
         except ProtoError as exc:
             issues.append(SpecIssue(label, api.line, path, str(exc)))
             continue

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
@@ -54,16 +53,15 @@ class AsyncEndpoint:
         self._queued = 0
         self._counted_at = float("-inf")
 
-    def repoint(self, runtime: Any) -> None:
+    def switch(self, endpoint: str, notify: Callable[[], None]) -> None:
         """A reload replaced the API's workers (and maybe moved its endpoint): wake the new
         dispatcher on submissions."""
-        self.endpoint = runtime.spec.networking.endpoint
-        dispatcher = runtime.dispatcher
-        self.notify = dispatcher.notify if dispatcher is not None else (lambda: None)
+        self.endpoint = endpoint
+        self.notify = notify
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
-        job_id = scope["path"][len(self.endpoint):].strip("/")
+        job_id = scope.get("path_params", {}).get("path", "")
         if job_id and method == "GET":
             await self._poll(job_id, send)
         elif not job_id and method == "POST":

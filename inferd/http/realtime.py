@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
@@ -18,7 +17,8 @@ from inferd.http.body import BodyTooLarge, ClientGone, read_body, send_too_large
 from inferd.http.responses import send_bytes, send_error
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
-from inferd.worker.pool import ApiUnavailable, WorkerPool
+from inferd.worker import protocol
+from inferd.worker.pool import ApiUnavailable, CallTimedOut, WorkerPool
 
 VERBS = ("post", "get", "put", "patch", "delete")
 CORS = [(b"access-control-allow-origin", b"*"),
@@ -30,15 +30,17 @@ _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RealtimeEndpoint:
-    def __init__(self, api: str, pool: WorkerPool, max_body_size: int, metrics: Metrics) -> None:
+    def __init__(self, api: str, pool: WorkerPool, max_body_size: int, metrics: Metrics,
+                 max_header_size: int = 64 << 10) -> None:
         self.api = api
         self.pool = pool
         self.max_body_size = max_body_size
+        self.max_header_size = max_header_size
         self.recorder = metrics.recorder(api)
 
-    def repoint(self, runtime: Any) -> None:
+    def switch(self, pool: WorkerPool) -> None:
         """A reload replaced the API's workers: calls from now on go to the new pool."""
-        self.pool = runtime.pool
+        self.pool = pool
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -57,7 +59,9 @@ class RealtimeEndpoint:
             await send_bytes(send, 204, list(CORS), b"")
             return 204
         content_type, length, request_id = "", None, None
+        header_bytes = len(scope["query_string"])  # the query rides in the same frame meta
         for name, value in scope["headers"]:
+            header_bytes += len(name) + len(value)
             if name == b"content-type":
                 content_type = value.decode("latin-1")
             elif name == b"content-length":
@@ -66,11 +70,17 @@ class RealtimeEndpoint:
                 request_id = value.decode()
         rid = request_id or uuid.uuid4().hex
         rid_header = (b"x-request-id", rid.encode())
+        if header_bytes > self.max_header_size:
+            # refused here: a worker must never receive a call frame it cannot read
+            await send_error(send, 431, self.api, f"request headers total {header_bytes} bytes, more than the "
+                             f"limit of {self.max_header_size} bytes (max_header_size)", [rid_header])
+            return 431
         try:
-            verbs = self.pool.verbs or await self.pool.wait_verbs()
+            info = self.pool.info or await self.pool.wait_info()
         except ApiUnavailable as exc:
             await send_error(send, 503, self.api, str(exc), [rid_header])
             return 503
+        verbs = info.get("verbs", {})
         wants = verbs.get(verb) if verb in VERBS else None
         if wants is None:
             allow = ", ".join(v.upper() for v in VERBS if v in verbs)
@@ -84,20 +94,22 @@ class RealtimeEndpoint:
             return 413
         except ClientGone:
             return 0
-        meta = {"t": "call", "verb": verb, "ct": content_type, "rid": rid,
-                "q": scope["query_string"].decode("latin-1")}
-        if "headers" in wants:
-            meta["h"] = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
+        headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]] if "headers" in wants else None
+        call = protocol.Call(0, rid, verb, content_type, scope["query_string"].decode("latin-1"), headers, body)
         try:
-            reply = await self.pool.call(meta, body)
+            reply = await self.pool.call(call)
         except ApiUnavailable as exc:
             log.warning("request_unavailable", api=self.api, request_id=rid, error=str(exc))
             await send_error(send, 503, self.api, str(exc), [rid_header])
             return 503
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers if k.lower() != "content-length"]
-        headers.append(rid_header)
+        except CallTimedOut as exc:
+            log.warning("request_timed_out", api=self.api, request_id=rid, error=str(exc))
+            await send_error(send, 504, self.api, str(exc), [rid_header])
+            return 504
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers if k.lower() != "content-length"]
+        out.append(rid_header)
         try:
-            await send_bytes(send, reply.status, headers, reply.body)
+            await send_bytes(send, reply.status, out, reply.body)
         finally:
             if reply.ack is not None:
                 reply.ack()  # even if sending failed: the callback runs, and never leaks

@@ -12,7 +12,8 @@ import json
 
 from inferd.logs import get_logger
 from inferd.store import AsyncJobStore, Job, UnknownJob
-from inferd.worker.pool import ApiUnavailable, WorkerDied, WorkerPool
+from inferd.worker import protocol
+from inferd.worker.pool import ApiUnavailable, CallTimedOut, WorkerDied, WorkerPool
 
 log = get_logger()
 IDLE_POLL = 1.0  # a missed wake-up costs at most this long
@@ -90,10 +91,10 @@ class AsyncDispatcher:
         await asyncio.shield(task)
 
     async def _run(self, slot: int, job: Job) -> None:
-        meta = {"t": "call", "verb": "async", "ct": job.content_type, "rid": job.id, "q": ""}
+        call = protocol.Call(0, job.id, "post", job.content_type, body=job.payload or b"")
         try:
-            reply = await self.pool.call_slot(slot, meta, job.payload or b"")
-        except (WorkerDied, ApiUnavailable) as exc:
+            reply = await self.pool.call_slot(slot, call)
+        except (WorkerDied, ApiUnavailable, CallTimedOut) as exc:
             status = await self.store.requeue(job.id)
             log.warning("async_job_interrupted", api=self.api, request_id=job.id, error=str(exc), status=status)
             return

@@ -36,7 +36,7 @@ class SpecError(Exception):
     def __str__(self) -> str:
         return "\n".join(str(issue) for issue in self.issues)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[type[SpecError], tuple[tuple[SpecIssue, ...]]]:
         return (SpecError, (self.issues,))
 
 

@@ -10,12 +10,14 @@ import difflib
 import json
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import Collector
 from .model import EMPTY, FrozenMap, freeze
 from .units import parse_duration, parse_quantity
 from .yamlnodes import Node
+
+_Default = TypeVar("_Default", bound=float | None)
 
 
 def describe(value: Any) -> str:
@@ -145,6 +147,10 @@ class Block:
     def sub(self, key: str, allowed: Iterable[str], hints: Mapping[str, str] | None = None) -> Block:
         return Block(self.out, self.items.get(key), self.child(key), allowed, self.key_line(key), hints)
 
+    def raw(self, key: str) -> Any:
+        """The value as written, or None when the key is absent or null (nothing is reported)."""
+        return self._value(key, False)
+
     def _value(self, key: str, required: bool) -> Any:
         node = self.items.get(key)
         if node is None or node.value is None:
@@ -165,8 +171,8 @@ class Block:
             return default
         return value
 
-    def number(self, key: str, default: float | None, lo: float | None = None,
-               hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> float | None:
+    def number(self, key: str, default: _Default, lo: float | None = None,
+               hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> float | _Default:
         value = self._value(key, False)
         if value is None:
             return default
@@ -282,11 +288,13 @@ class Block:
         if not node.is_map:
             self.issue(key, f"must be a mapping, got {describe(value)}")
             return None
+        key_lines = node.key_lines or {}  # every mapping Node has them
         for k in node.value:
             if not isinstance(k, str):
-                self.out.add(node.key_lines[k], f"{self.child(key)}.{k}",
+                self.out.add(key_lines[k], f"{self.child(key)}.{k}",
                              f"keys must be strings, got {describe(k)}")
-        return freeze(node.plain())
+        frozen: FrozenMap = freeze(node.plain())
+        return frozen
 
     def env(self, key: str, reserved: tuple[str, ...]) -> FrozenMap:
         value = self._value(key, False)
@@ -304,12 +312,13 @@ class Block:
 
     def _env_entry_ok(self, key: str, node: Node, name: Any, item: Node, reserved: tuple[str, ...]) -> bool:
         path = f"{self.child(key)}.{name}"
+        key_lines = node.key_lines or {}  # every mapping Node has them
         if not isinstance(name, str) or not name:
-            self.out.add(node.key_lines[name], path, f"variable names must be strings, got {describe(name)}")
+            self.out.add(key_lines[name], path, f"variable names must be strings, got {describe(name)}")
             return False
         if name.startswith(reserved):
             prefixes = " and ".join(reserved)
-            self.out.add(node.key_lines[name], path, f"names starting with {prefixes} are reserved")
+            self.out.add(key_lines[name], path, f"names starting with {prefixes} are reserved")
             return False
         if not isinstance(item.value, str):
             quotable = item.value is not None and not item.is_map and not item.is_seq

@@ -16,6 +16,7 @@ HANDLER_FIELDS = (
     "type", "path", "protobuf_path", "dependencies", "multi_model_reloading", "models",
     "server_side_batching", "processes_per_replica", "threads_per_process", "config",
     "python_path", "image", "tensorflow_serving_image", "env", "log_level", "shm_size",
+    "request_timeout",  # inferd's own: Cortex had no per-request limit in the handler block
 )
 DEFINITION_FIELDS = (
     "path", "config", "dependencies", "python_path", "image", "env", "log_level", "shm_size",
@@ -53,6 +54,7 @@ def read_handler(parent: Block, kind: str, project_dir: Path) -> HandlerSpec:
         env=block.env("env", ("CORTEX_",)),
         log_level=block.string("log_level", "info", choices=LOG_LEVELS) or "info",
         shm_size=block.quantity("shm_size", None, "0", '"64Mi" or "1Gi"'),
+        request_timeout=block.number("request_timeout", None, 0, lo_open=True),
     )
 
 
@@ -73,7 +75,7 @@ def read_definition(parent: Block, project_dir: Path) -> TaskDefinition:
 
 
 def _handler_type(block: Block) -> str:
-    value = block.node("type").value if block.given("type") else None
+    value = block.raw("type")
     if value == "onnx":
         block.issue("type", 'onnx handlers are not supported; use type: python and load the model '
                             'yourself (for example with onnxruntime)')

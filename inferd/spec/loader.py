@@ -17,6 +17,7 @@ from .model import (
     HandlerSpec,
     PodSpec,
     ProjectSpec,
+    TrafficTarget,
 )
 from .pods import read_pod
 from .sections import (
@@ -44,7 +45,7 @@ NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _EXAMPLE = "- name: my-api\n  kind: RealtimeAPI\n  handler:\n    path: handler.py"
 
 
-def load_project(project_dir: str | os.PathLike, config_file: str | os.PathLike = "cortex.yaml") -> ProjectSpec:
+def load_project(project_dir: str | os.PathLike[str], config_file: str | os.PathLike[str] = "cortex.yaml") -> ProjectSpec:
     """Read and validate `project_dir/config_file`; raises SpecError listing every problem."""
     root = Path(project_dir).resolve()
     label = os.fspath(config_file)
@@ -77,6 +78,7 @@ def _parse(text: str, root: Path, config_path: Path, out: Collector) -> ProjectS
         if not out.issues:
             out.add(1, "", f"the file is empty; it must be a list of APIs, for example:\n{_EXAMPLE}")
         out.raise_if_any()
+        raise AssertionError("unreachable: there is at least one issue")
     entries = _entries(out, tree)
     located = [item for i, node in enumerate(entries) if (item := _read_api(out, node, i, root))]
     check_project(out, located)
@@ -93,7 +95,8 @@ def _entries(out: Collector, tree: Node) -> list[Node]:
     if tree.is_seq:
         if not tree.value:
             out.add(tree.line, "", "the list of APIs is empty")
-        return tree.value
+        entries: list[Node] = tree.value
+        return entries
     if tree.is_map:
         out.add(tree.line, "", "must be a list of APIs, not a single mapping: put \"- \" before the "
                                "first key (e.g. \"- name: my-api\") and indent the rest of the API")
@@ -110,9 +113,10 @@ def _read_api(out: Collector, node: Node, index: int, root: Path) -> Located | N
     if not node.is_map:
         return None
     name = _name(block)
-    if _kind(block) is None:
+    kind = _kind(block)  # the value read above, now checked; None once reported
+    if kind is None:
         return None
-    targets: list = []
+    targets: list[tuple[TrafficTarget, int, str]] = []
     if kind == "TrafficSplitter":
         splits, targets = read_splits(block)
         api = ApiSpec(name=name, kind=kind, line=block.line, networking=read_networking(block, name),
@@ -169,7 +173,7 @@ def _name(block: Block) -> str:
 
 
 def _kind(block: Block) -> str | None:
-    value = block.node("kind").value if block.given("kind") else None
+    value = block.raw("kind")
     for kind in KINDS:
         if isinstance(value, str) and value != kind and value.lower() == kind.lower():
             block.issue("kind", f'must be {describe(kind)} (kind is case-sensitive), got {describe(value)}')

@@ -15,28 +15,32 @@ from typing import Any
 KINDS = ("RealtimeAPI", "AsyncAPI", "BatchAPI", "TaskAPI", "TrafficSplitter")
 
 
-class FrozenMap(Mapping):
+class FrozenMap(Mapping[Any, Any]):
     """A read-only, hashable, picklable mapping (MappingProxyType is neither of the last two)."""
 
     __slots__ = ("_data", "_hash")
+    _data: dict[Any, Any]
+    _hash: int | None
 
-    def __init__(self, data: Mapping | None = None):
+    def __init__(self, data: Mapping[Any, Any] | None = None) -> None:
         object.__setattr__(self, "_data", dict(data or {}))
         object.__setattr__(self, "_hash", None)
 
     def __getitem__(self, key: Any) -> Any:
         return self._data[key]
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[Any]:
         return iter(self._data)
 
     def __len__(self) -> int:
         return len(self._data)
 
     def __hash__(self) -> int:
-        if self._hash is None:
-            object.__setattr__(self, "_hash", hash(frozenset(self._data.items())))
-        return self._hash
+        cached = self._hash
+        if cached is None:
+            cached = hash(frozenset(self._data.items()))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Mapping):
@@ -49,14 +53,14 @@ class FrozenMap(Mapping):
     def __repr__(self) -> str:
         return f"FrozenMap({self._data!r})"
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[type[FrozenMap], tuple[dict[Any, Any]]]:
         return (FrozenMap, (self._data,))
 
     # Immutable all the way down (see freeze), so a copy may share everything.
     def __copy__(self) -> FrozenMap:
         return self
 
-    def __deepcopy__(self, memo: dict) -> FrozenMap:
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenMap:
         return self
 
 
@@ -119,6 +123,7 @@ class HandlerSpec:
     env: Mapping[str, str] = EMPTY
     log_level: str = "info"
     shm_size: str | None = None
+    request_timeout: float | None = None  # inferd's own: seconds before 504 and a new worker
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -157,7 +157,7 @@ def read_update_strategy(parent: Block) -> UpdateStrategySpec:
 def _surge_value(block: Block, key: str) -> str:
     if not block.given(key):
         return "25%"
-    value = block.node(key).value
+    value = block.raw(key)
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     match = _SURGE.fullmatch(text) if isinstance(text, str) else None
     if match is None or (text.endswith("%") and int(match[1]) > 100):

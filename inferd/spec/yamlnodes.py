@@ -123,7 +123,7 @@ class _Converter:
         items = [self.convert(child, f"{path}[{i}]") for i, child in enumerate(node.value)]
         return Node(items, line)
 
-    def _scalar(self, node: yaml.ScalarNode, path: str, line: int) -> Any:
+    def _scalar(self, node: yaml.Node, path: str, line: int) -> Any:
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError:

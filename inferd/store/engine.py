@@ -124,7 +124,7 @@ def in_driver_thread(driver: aiosqlite.Connection, fn: Callable[..., T], *args: 
     def call() -> T:
         return fn(driver._conn, *args)
 
-    return driver._execute(call)
+    return driver._execute(call)  # type: ignore[no-untyped-call]  # aiosqlite leaves its private queue unannotated
 
 
 class Readers:

@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Job:
     finished_at: datetime | None
 
     @classmethod
-    def from_row(cls, row: Row) -> Job:
+    def from_row(cls, row: Row[Any]) -> Job:
         return cls(
             id=row.id,
             api=row.api,
@@ -231,7 +231,10 @@ class AsyncJobStore:
         """Rows matching; with an api, answered from the (api, status, seq) index alone."""
         sql = queries.RAW_COUNT[api is not None, status is not None]
         params = tuple(value for value in (api, status) if value is not None)
-        return (await self._read(queries.fetch_one, sql, params))[0]
+        row = await self._read(queries.fetch_one, sql, params)
+        assert row is not None  # count(*) answers one row, always
+        count: int = row[0]
+        return count
 
     async def queue_length(self, api: str) -> int:
         """In-queue jobs of ``api``: an index-only count (jobs_api_status_seq), counted after

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -71,10 +71,11 @@ SWEEP_ALL, SWEEP_API = _sweep_statement(False), _sweep_statement(True)
 
 # --- write operations: fn(conn) run by the writer inside its batch transaction ---
 
-WriteOp = Callable[[Connection], Any]
+_T = TypeVar("_T")
+WriteOp = Callable[[Connection], _T]  # the writer answers its caller with what it returns
 
 
-def recover_op(api: str | None, max_attempts: int, now: int) -> WriteOp:
+def recover_op(api: str | None, max_attempts: int, now: int) -> WriteOp[tuple[int, int]]:
     def run(conn: Connection) -> tuple[int, int]:
         params: dict[str, Any] = {"p_max": max_attempts, "p_now": now}
         if api is not None:
@@ -86,7 +87,7 @@ def recover_op(api: str | None, max_attempts: int, now: int) -> WriteOp:
     return run
 
 
-def requeue_op(job_id: str, max_attempts: int, now: int) -> WriteOp:
+def requeue_op(job_id: str, max_attempts: int, now: int) -> WriteOp[str]:
     """One in_progress job whose worker died. A job in another state is left alone (its
     current status is returned); unknown id -> UnknownJob."""
 
@@ -100,7 +101,7 @@ def requeue_op(job_id: str, max_attempts: int, now: int) -> WriteOp:
     return run
 
 
-def sweep_op(cutoff: int, api: str | None) -> WriteOp:
+def sweep_op(cutoff: int, api: str | None) -> WriteOp[int]:
     def run(conn: Connection) -> int:
         if api is None:
             return conn.execute(SWEEP_ALL, {"p_cutoff": cutoff}).rowcount
@@ -157,7 +158,8 @@ RAW_COUNTS_BY_STATUS = "SELECT status, count(*) FROM jobs WHERE api = ? GROUP BY
 
 
 def fetch_one(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    return db.execute(sql, params).fetchone()
+    row: tuple[Any, ...] | None = db.execute(sql, params).fetchone()
+    return row
 
 
 def fetch_all(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:

@@ -11,7 +11,7 @@ rounding), cheap to compare and index, and independent of any timezone setting.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -31,7 +31,7 @@ from sqlalchemy import (
 IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED = "in_queue", "in_progress", "completed", "failed"
 STATUSES = (IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 metadata = MetaData()

@@ -33,7 +33,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, final, overload
 
 import aiosqlite
 from sqlalchemy import Connection, Executable
@@ -44,6 +44,7 @@ from sqlalchemy.util import await_only
 from .engine import in_driver_thread
 
 MAX_BATCH = 512
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Bulk:
     params: dict[str, Any]
 
 
+@final  # so that `type(op) is RawInsert` narrows both ways
 class RawInsert:
     __slots__ = ("params", "sql")
 
@@ -59,6 +61,7 @@ class RawInsert:
         self.sql, self.params = sql, params
 
 
+@final
 class Raw:
     __slots__ = ("args", "fn")
 
@@ -85,7 +88,7 @@ class StoreClosed(RuntimeError):
 
 
 _STOP = object()
-_Item = tuple[Operation, asyncio.Future]
+_Item = tuple[Operation, asyncio.Future[Any]]
 
 
 class GroupCommitWriter:
@@ -97,6 +100,11 @@ class GroupCommitWriter:
         self._closing = False
         self.stats = WriterStats()
         self._task = asyncio.create_task(self._run(), name="inferd-store-writer")
+
+    @overload
+    async def execute(self, operation: Callable[[Connection], _T]) -> _T: ...
+    @overload
+    async def execute(self, operation: RawInsert | Raw | Bulk) -> Any: ...
 
     async def execute(self, operation: Operation) -> Any:
         """Run ``operation`` in the next group commit; return its result once committed."""
@@ -123,7 +131,8 @@ class GroupCommitWriter:
                         continue
                     if all(isinstance(operation, _RAW) for operation, _ in batch):
                         outcomes, commits, fell_back = await in_driver_thread(
-                            self._driver, _raw_batch, [operation for operation, _ in batch]
+                            self._driver, _raw_batch,
+                            [operation for operation, _ in batch if isinstance(operation, _RAW)],  # all of them
                         )
                         self._record(batch, outcomes, commits, fell_back)
                     else:
@@ -158,7 +167,7 @@ class GroupCommitWriter:
         self.stats.commits += commits
         self.stats.fallbacks += fell_back
         self.stats.ops += len(batch)
-        for (_, future), (result, error) in zip(batch, outcomes):
+        for (_, future), (result, error) in zip(batch, outcomes, strict=False):
             _answer(future, result, error)
 
     # --- below runs inside run_sync: sync SQLAlchemy on the writer's connection (greenlet) ---
@@ -176,8 +185,8 @@ class GroupCommitWriter:
         outcomes: list[Outcome] = [(None, None)] * len(batch)
         raw = [index for index, (operation, _) in enumerate(batch) if isinstance(operation, _RAW)]
         if raw:  # one hop for all of them, inside this transaction
-            ops = [batch[index][0] for index in raw]
-            for index, outcome in zip(raw, await_only(in_driver_thread(self._driver, _raw_run_all, ops))):
+            ops = [operation for operation, _ in batch if isinstance(operation, _RAW)]  # the ops at `raw`, in order
+            for index, outcome in zip(raw, await_only(in_driver_thread(self._driver, _raw_run_all, ops)), strict=False):
                 outcomes[index] = outcome
         bulk: dict[int, tuple[Executable, list[dict[str, Any]]]] = {}
         for operation, _ in batch:
@@ -219,7 +228,7 @@ class GroupCommitWriter:
 # --- below runs in the driver thread, on the raw sqlite3 connection ---
 
 
-def _raw_batch(db: sqlite3.Connection, ops: list[Operation]) -> tuple[list[Outcome], int, bool]:
+def _raw_batch(db: sqlite3.Connection, ops: list[RawInsert | Raw]) -> tuple[list[Outcome], int, bool]:
     """The whole batch in one transaction; on a database error, each op in its own.
     Returns (outcomes, commits, fell back)."""
     try:
@@ -242,7 +251,7 @@ def _raw_batch(db: sqlite3.Connection, ops: list[Operation]) -> tuple[list[Outco
     return outcomes, 1, False
 
 
-def _raw_run_all(db: sqlite3.Connection, ops: list[Operation]) -> list[Outcome]:
+def _raw_run_all(db: sqlite3.Connection, ops: list[RawInsert | Raw]) -> list[Outcome]:
     """Inside the caller's transaction: RawInserts first (one executemany per statement, queue
     order within each), then the Raw calls in queue order. Raises sqlite3.Error."""
     outcomes: list[Outcome] = [(None, None)] * len(ops)
@@ -258,7 +267,7 @@ def _raw_run_all(db: sqlite3.Connection, ops: list[Operation]) -> list[Outcome]:
     return outcomes
 
 
-def _raw_alone(db: sqlite3.Connection, operation: Operation) -> tuple[Outcome, int]:
+def _raw_alone(db: sqlite3.Connection, operation: RawInsert | Raw) -> tuple[Outcome, int]:
     """One operation in a transaction of its own: (outcome, commits)."""
     try:
         db.execute("BEGIN IMMEDIATE")
@@ -267,7 +276,7 @@ def _raw_alone(db: sqlite3.Connection, operation: Operation) -> tuple[Outcome, i
                 db.execute(operation.sql, operation.params)
                 outcome: Outcome = (None, None)
             else:
-                outcome = _raw_call(db, operation)  # type: ignore[arg-type]
+                outcome = _raw_call(db, operation)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -297,7 +306,7 @@ def _call(conn: Connection, operation: Callable[[Connection], Any]) -> tuple[Any
         return None, exc
 
 
-def _answer(future: asyncio.Future, result: Any = None, error: Exception | None = None) -> None:
+def _answer(future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
     # A caller that gave up (cancelled) still had its write committed; nobody to tell.
     if future.done():
         return

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import faulthandler
 import os
 import signal
 import sys
 
 from inferd.logs import configure_logging
-from inferd.worker.runtime import WorkerRuntime
+from inferd.worker.child import WorkerChild
+from inferd.worker.heartbeat import answer_heartbeats
 
 
 def die_with_parent() -> None:
@@ -29,6 +31,7 @@ def _ignore(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="inferd.worker")
     parser.add_argument("--fd", type=int, required=True, help="inherited socket to the daemon")
+    parser.add_argument("--heartbeat-fd", type=int, default=-1, help="inherited socket answered by a thread")
     parser.add_argument("--parent", type=int, default=0, help="daemon pid, to detect a parent already gone")
     args = parser.parse_args(argv)
     die_with_parent()
@@ -41,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     # any process the handler code starts; caught ones are reset to default there.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _ignore)
+    # SIGABRT (sent by the daemon to a worker it found hung) dumps every thread's stack to
+    # stderr, which the daemon logs: the operator sees where the handler was stuck.
+    faulthandler.enable(all_threads=True)
+    if args.heartbeat_fd >= 0:
+        answer_heartbeats(args.heartbeat_fd)
     configure_logging(json_output=True, worker=os.getpid())
     try:
         import uvloop
@@ -48,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    code = runner(WorkerRuntime(args.fd).run())
+    code = runner(WorkerChild(args.fd).run())
     sys.stdout.flush()
     sys.__stdout__.flush()
     # Handler threads may still be blocked in user code; they must not keep the process alive.

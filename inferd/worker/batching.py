@@ -51,6 +51,6 @@ class Batcher:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, future), outcome in zip(batch, outcomes):
+        for (_, future), outcome in zip(batch, outcomes, strict=False):
             if not future.done():
                 future.set_result(outcome)

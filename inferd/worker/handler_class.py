@@ -60,7 +60,7 @@ def check_params(where: str, func: Callable[..., Any], allowed: frozenset[str]) 
     return names
 
 
-def construct(cls: type, available: Mapping[str, Any]) -> Any:
+def construct(cls: type[Any], available: Mapping[str, Any]) -> Any:
     """Build the handler, passing by name each constructor argument it declares."""
     names = check_params(f"{cls.__name__}.__init__", cls.__init__, CONSTRUCTOR_PARAMS)
     kwargs = {}

@@ -16,6 +16,7 @@ from dotenv import dotenv_values
 from inferd.gpu import visible_devices_env
 from inferd.spec import ApiSpec, ProjectSpec
 from inferd.spec.model import plain
+from inferd.worker import protocol
 from inferd.worker.pool import WorkerSlot
 
 # Variables that describe the daemon's own supervision; a worker inheriting them would, e.g.,
@@ -73,22 +74,21 @@ def worker_slots(base: Mapping[str, str], project: ProjectSpec, api: ApiSpec,
             for gpus in devices]
 
 
-def init_frame(project: ProjectSpec, api: ApiSpec, max_body_size: int) -> dict[str, Any]:
+def init_message(project: ProjectSpec, api: ApiSpec, runner: str, options: dict[str, Any],
+                 max_body_size: int) -> protocol.Init:
+    """The ``Init`` every worker of ``api`` receives; ``runner`` and ``options`` come from its kind."""
     handler = api.handler
     assert handler is not None
-    batching = handler.server_side_batching
     python_path = str(project.project_dir / handler.python_path) if handler.python_path else None
-    return {
-        "t": "init",
-        "api": api.name,
-        "kind": api.kind,
-        "project_dir": str(project.project_dir),
-        "handler_path": handler.path,
-        "python_path": python_path,
-        "config": plain(handler.config),
-        "threads": handler.threads_per_process,
-        "log_level": handler.log_level,
-        "max_body_size": max_body_size,
-        "batching": {"max_batch_size": batching.max_batch_size, "batch_interval": batching.batch_interval}
-        if batching else None,
-    }
+    return protocol.Init(
+        api=api.name,
+        runner=runner,
+        project_dir=str(project.project_dir),
+        handler_path=handler.path,
+        python_path=python_path,
+        config=dict(plain(handler.config)),
+        threads=handler.threads_per_process,
+        log_level=handler.log_level,
+        max_body_size=max_body_size,
+        options=options,
+    )

@@ -8,7 +8,7 @@ the raw bytes.  This runs in the worker so the daemon never parses a body it onl
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from starlette.datastructures import FormData, Headers
@@ -57,7 +57,7 @@ def parse_payload(content_type: str, body: bytes) -> Any:
 
 
 async def parse_form(content_type: str, body: bytes, max_part_size: int) -> FormData:
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield body
         yield b""
 

@@ -1,22 +1,26 @@
-"""``WorkerPool``: the worker processes of one API — spawn, readiness, dispatch, restart, drain.
+"""``WorkerPool``: the workers of one API — spawn, readiness, liveness, dispatch, restart, drain.
 
-Each worker slot has its own supervising task: start the process, wait for the Handler to be
-constructed, serve until the process exits, then restart with exponential backoff (a worker
-that served for a while restarts at once). Dispatch picks the ready worker with the fewest
-calls in flight; ``max_replica_concurrency`` bounds calls per worker, beyond it the caller
-gets ``ApiUnavailable`` (HTTP 503).
+Each worker slot has its own supervising task: start the worker (any ``WorkerBackend``), wait
+for the Handler to be constructed, serve until it exits, then restart with exponential backoff
+(a worker that served for a while restarts at once). While it lives, the supervisor pings it
+and aborts it when no heartbeat came back for ``liveness_timeout``. Dispatch picks the ready
+worker with the fewest calls in flight; ``max_replica_concurrency`` bounds calls per worker,
+beyond it the caller gets ``ApiUnavailable`` (HTTP 503). A call that outlives
+``request_timeout`` raises ``CallTimedOut`` (HTTP 504) and its worker is replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from inferd.logs import get_logger
-from inferd.worker.process import MetricSink, Reply, WorkerGone, WorkerProcess
+from inferd.worker import protocol
+from inferd.worker.backend import BackendFactory, Response, WorkerBackend, WorkerGone
 from inferd.worker.stream import StreamCall
 
 BACKOFF_FIRST = 0.5
@@ -32,6 +36,23 @@ class WorkerDied(ApiUnavailable):
     """The worker handling the call exited before answering it."""
 
 
+class CallTimedOut(Exception):
+    """The handler did not answer within ``handler.request_timeout``; its worker is replaced."""
+
+
+def exit_reason(code: int | None) -> str:
+    """``-9`` is the kernel's OOM killer far more often than anyone else: say so."""
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+    return f"exited with code {code}"
+
+
 @dataclass(frozen=True)
 class WorkerSlot:
     """What one worker of the pool is started with."""
@@ -43,27 +64,30 @@ class WorkerSlot:
 @dataclass
 class PoolConfig:
     api: str
-    init: dict[str, Any]          # the init frame every worker receives
-    cwd: str
     slots: list[WorkerSlot]
+    backend: BackendFactory       # slot -> a new worker, not started
     max_concurrency: int          # per worker
     ready_wait: float = 30.0      # how long a call waits for a first ready worker
     stop_timeout: float = 30.0
-    on_metric: MetricSink = field(default=lambda frame: None)
+    liveness_timeout: float = 30.0      # no heartbeat answer for this long: the worker is hung
+    request_timeout: float | None = None  # handler.request_timeout: None = no limit
     on_restart: Callable[[], None] = field(default=lambda: None)
     on_change: Callable[[], None] = field(default=lambda: None)  # a worker became ready or left
-    on_log: Callable[[str], None] = field(default=lambda line: None)  # one worker log line (JSON)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return min(1.0, self.liveness_timeout / 4)
 
 
 class WorkerPool:
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
         self.api = config.api
-        self.workers: list[WorkerProcess | None] = [None] * len(config.slots)
+        self.workers: list[WorkerBackend | None] = [None] * len(config.slots)
         self.restarts = 0
         self.last_error: str | None = None
         self.stopping = False
-        self.verbs: dict[str, list[str]] | None = None  # the Handler's HTTP verbs and their arguments
+        self.info: dict[str, Any] | None = None  # the first ready worker's report (e.g. its HTTP verbs)
         self._ready_changed = asyncio.Event()
         self._supervisors: list[asyncio.Task[None]] = []
         self.log = get_logger(api=config.api)
@@ -96,18 +120,22 @@ class WorkerPool:
     async def _supervise(self, slot: int) -> None:
         failures = 0
         while not self.stopping:
-            worker = self._new_worker(slot)
+            worker = self.config.backend(slot)
             self.workers[slot] = worker
             try:
                 await worker.start()
-                ready = await worker.wait_ready()
-                if ready:
-                    # one pool runs one handler version: any worker's report is the pool's
-                    self.verbs = self.verbs or worker.verbs or None
-                    self._ready_changed.set()
-                    self.config.on_change()
-                    self.log.info("worker_ready", pid=worker.pid, slot=slot)
-                code = await worker.wait_exit()
+                exited = asyncio.get_running_loop().create_task(worker.wait_exit())
+                try:
+                    ready = await self._until_ready(worker, exited)
+                    if ready:
+                        # one pool runs one handler version: any worker's report is the pool's
+                        self.info = self.info if self.info is not None else worker.info
+                        self._ready_changed.set()
+                        self.config.on_change()
+                        self.log.info("worker_ready", pid=worker.pid, slot=slot)
+                    code = await self._watch(worker, exited)
+                finally:
+                    exited.cancel()
                 self.config.on_change()
             except asyncio.CancelledError:
                 raise
@@ -117,7 +145,7 @@ class WorkerPool:
                 worker.kill()
             if self.stopping:
                 return
-            self.last_error = worker.error or f"worker {worker.pid} exited with code {code}"
+            self.last_error = worker.error or f"worker {worker.pid} {exit_reason(code)}"
             self.restarts += 1
             self.config.on_restart()
             served = time.monotonic() - worker.started_at
@@ -127,21 +155,54 @@ class WorkerPool:
                              restart_in=delay, error=self.last_error)
             await asyncio.sleep(delay)
 
-    def _new_worker(self, slot: int) -> WorkerProcess:
-        spec = self.config.slots[slot]
-        return WorkerProcess(self.api, slot, self.config.init, spec.env, self.config.cwd, spec.gpus,
-                             self.config.on_metric, self.config.on_log)
+    async def _until_ready(self, worker: WorkerBackend, exited: asyncio.Task[int | None]) -> bool:
+        """Construction can take minutes (models load): heartbeats, not a deadline, tell a slow
+        start from a hung one."""
+        ready = asyncio.ensure_future(worker.wait_ready())
+        try:
+            while not ready.done():
+                if exited.done() or not await self._beat(worker, {ready, exited}):
+                    return False
+            return ready.result()
+        finally:
+            ready.cancel()
+
+    async def _watch(self, worker: WorkerBackend, exited: asyncio.Task[int | None]) -> int | None:
+        """Until the worker exits; one that stops answering heartbeats is aborted (and exits)."""
+        while not exited.done():
+            await self._beat(worker, {exited})
+        return exited.result()
+
+    async def _beat(self, worker: WorkerBackend, wake: set[asyncio.Future[Any]]) -> bool:
+        """One heartbeat period; False once the worker is found hung (and aborted)."""
+        worker.ping()
+        await asyncio.wait(wake, timeout=self.config.heartbeat_interval, return_when=asyncio.FIRST_COMPLETED)
+        silent = time.monotonic() - worker.last_seen
+        if silent > self.config.liveness_timeout and worker.state in ("starting", "ready"):
+            worker.abort(f"no heartbeat for {silent:.0f}s (worker_liveness_timeout "
+                         f"{self.config.liveness_timeout:g}s): the worker is hung")
+            return False
+        return True
 
     # -- dispatch ----------------------------------------------------------------------------
 
-    def ready_workers(self) -> list[WorkerProcess]:
+    def ready_workers(self) -> list[WorkerBackend]:
         return [w for w in self.workers if w is not None and w.state == "ready"]
 
+    async def call(self, call: protocol.Call) -> Response:
+        return await self._call_on(await self._pick(), call)
 
-    async def call(self, meta: dict[str, Any], body: bytes) -> Reply:
-        worker = await self._pick()
+    async def _call_on(self, worker: WorkerBackend, call: protocol.Call) -> Response:
+        timeout = self.config.request_timeout
         try:
-            return await worker.call(meta, body)
+            if timeout is None:
+                return await worker.call(call)
+            try:
+                return await asyncio.wait_for(worker.call(call), timeout)
+            except asyncio.TimeoutError:
+                reason = f"request {call.rid} exceeded handler.request_timeout ({timeout:g}s)"
+                worker.abort(reason)
+                raise CallTimedOut(f"api '{self.api}': {reason}; its worker is being replaced") from None
         except WorkerGone as exc:
             raise WorkerDied(str(exc)) from None
 
@@ -173,30 +234,28 @@ class WorkerPool:
             await self._ready_changed.wait()
         raise ApiUnavailable(self._not_ready_message())
 
-    async def call_slot(self, slot: int, meta: dict[str, Any], body: bytes) -> Reply:
+    async def call_slot(self, slot: int, call: protocol.Call) -> Response:
         worker = self.workers[slot]
         if worker is None:
             raise ApiUnavailable(self._not_ready_message())
-        try:
-            return await worker.call(meta, body)
-        except WorkerGone as exc:
-            raise WorkerDied(str(exc)) from None
+        return await self._call_on(worker, call)
 
-    async def open_stream(self, meta: dict[str, Any], body: bytes) -> StreamCall:
+    async def open_stream(self, opened: protocol.Open) -> StreamCall:
         worker = await self._pick()
         try:
-            return worker.open_stream(meta, body)
+            return worker.open_stream(opened)
         except WorkerGone as exc:
             raise ApiUnavailable(str(exc)) from None
 
-    async def wait_verbs(self) -> dict[str, list[str]]:
+    async def wait_info(self) -> dict[str, Any]:
+        """The ready report of this pool's handler, waiting for a first ready worker."""
         await self._wait_for_ready()
-        verbs = self.verbs
-        if verbs is None:
+        info = self.info
+        if info is None:
             raise ApiUnavailable(self._not_ready_message())
-        return verbs
+        return info
 
-    async def _pick(self) -> WorkerProcess:
+    async def _pick(self) -> WorkerBackend:
         ready = self.ready_workers() or await self._wait_for_ready()
         worker = min(ready, key=lambda w: w.in_flight)
         if worker.in_flight >= self.config.max_concurrency:
@@ -206,7 +265,7 @@ class WorkerPool:
             )
         return worker
 
-    async def _wait_for_ready(self) -> list[WorkerProcess]:
+    async def _wait_for_ready(self) -> list[WorkerBackend]:
         deadline = time.monotonic() + self.config.ready_wait
         while not self.stopping:
             ready = self.ready_workers()

@@ -1,13 +1,15 @@
-"""One worker child process as the daemon sees it: spawn, the IPC channel, calls, stop.
+"""``WorkerProcess``: a Python worker subprocess as the daemon sees it (a ``WorkerBackend``).
 
 The child is a fresh interpreter (``python -m inferd.worker``), never a fork of the daemon,
-so it inherits no event loop, socket or lock. Its only link to us is one end of a socket pair
-passed with ``pass_fds``: nothing on disk, no port another user could reach.
+so it inherits no event loop, socket or lock. Its links to us are two socket pairs passed with
+``pass_fds`` (the worker protocol, and heartbeats answered by a thread): nothing on disk, no
+port another user could reach.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
@@ -16,14 +18,17 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from inferd.logs import get_logger, relay_event
-from inferd.worker.ipc import FrameProtocol
+from inferd.worker import protocol
+from inferd.worker.backend import Response, WorkerGone
+from inferd.worker.heartbeat import HeartbeatMonitor
+from inferd.worker.ipc import FrameProtocol, channel_pair
 from inferd.worker.stream import StreamCall
 
 MetricSink = Callable[[dict[str, Any]], None]
+ABORT_GRACE = 2.0  # seconds between SIGABRT (traceback) and SIGKILL for a hung worker
 
 
 LINE_LIMIT = 1 << 20  # longer output lines are cut, never allowed to stop the pump
@@ -48,20 +53,18 @@ async def _read_line(stream: asyncio.StreamReader) -> bytes:
         return head + b" [line cut]\n"
 
 
-class WorkerGone(Exception):
-    """The worker exited or closed its channel before answering."""
-
-
-@dataclass(slots=True)
-class Reply:
-    status: int
-    headers: list[list[str]]
-    body: bytes
-    ack: Callable[[], None] | None  # set when the handler returned a callback
+def exit_reason(code: int | None) -> str:
+    """``-9`` is the kernel's OOM killer far more often than anyone else: say so."""
+    if code is None:
+        return "exited"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+    return f"exited with code {code}"
 
 
 class WorkerProcess:
-    def __init__(self, api: str, slot: int, init: dict[str, Any], env: dict[str, str], cwd: str,
+    def __init__(self, api: str, slot: int, init: protocol.Init, env: dict[str, str], cwd: str,
                  gpus: tuple[int, ...], on_metric: MetricSink,
                  on_log: Callable[[str], None] = lambda line: None) -> None:
         self.api = api
@@ -75,29 +78,37 @@ class WorkerProcess:
         self.state = "starting"
         self.pid: int | None = None
         self.in_flight = 0
-        self.verbs: dict[str, list[str]] = {}
+        self.info: dict[str, Any] = {}
         self.error: str | None = None
         self.started_at = time.monotonic()
+        self._heartbeat = HeartbeatMonitor()
+        self._aborted: str | None = None
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._pending: dict[int, asyncio.Future[Response]] = {}
         self._streams: dict[int, StreamCall] = {}
         self._proc: asyncio.subprocess.Process | None = None
         self._channel: FrameProtocol | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self._last_stderr = ""
+        self._ready: asyncio.Future[bool] | None = None
         self.log = get_logger(api=api, slot=slot)
+
+    @property
+    def last_seen(self) -> float:
+        return self._heartbeat.last_seen
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
-        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent_sock, child_sock = channel_pair()
+        beat_parent, beat_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "inferd.worker", "--fd", str(child_sock.fileno()),
-                "--parent", str(os.getpid()),
-                pass_fds=(child_sock.fileno(),), env=self._env, cwd=self._cwd,
+                "--heartbeat-fd", str(beat_child.fileno()), "--parent", str(os.getpid()),
+                pass_fds=(child_sock.fileno(), beat_child.fileno()), env=self._env, cwd=self._cwd,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, limit=LINE_LIMIT,
             )
@@ -105,29 +116,38 @@ class WorkerProcess:
             _, self._channel = await loop.create_unix_connection(
                 lambda: FrameProtocol(self._on_frame, self._on_close), sock=parent_sock
             )
+            await loop.create_unix_connection(lambda: self._heartbeat, sock=beat_parent)
         except BaseException:
             parent_sock.close()  # a failed spawn must leak neither a descriptor nor a child
+            beat_parent.close()
             self.kill()
             raise
         finally:
             child_sock.close()
+            beat_child.close()
+        self._heartbeat.last_seen = time.monotonic()
         self._pumps = [loop.create_task(self._pump(self._proc.stdout, "stdout")),
                        loop.create_task(self._pump(self._proc.stderr, "stderr"))]
-        self._channel.send(self._init)
+        self._send(self._init)
         self.log.info("worker_started", pid=self.pid, gpus=list(self.gpus))
 
     async def wait_ready(self) -> bool:
         """True once the Handler is constructed; False if it failed or the process died."""
+        assert self._ready is not None
         return await self._ready
 
-    async def wait_exit(self) -> int:
+    async def wait_exit(self) -> int | None:
         assert self._proc is not None
         code = await self._proc.wait()
         await asyncio.gather(*self._pumps, return_exceptions=True)
-        self._fail_pending(f"worker {self.pid} of api '{self.api}' exited with code {code}")
-        if self.error is None and self.state != "stopping" and self._last_stderr:
+        self._heartbeat.close()
+        reason = self._aborted or exit_reason(code)
+        self._fail_pending(f"worker {self.pid} of api '{self.api}' {reason}")
+        if self._aborted:
+            self.error = self._aborted
+        elif self.error is None and self.state != "stopping" and self._last_stderr:
             # e.g. an import error before the handler could even report: show its last words
-            self.error = f"worker exited with code {code}: {self._last_stderr}"
+            self.error = f"worker {reason}: {self._last_stderr}"
         self.state = "exited"
         return code
 
@@ -136,8 +156,7 @@ class WorkerProcess:
         if self._proc is None or self._proc.returncode is not None:
             return
         self.state = "stopping"
-        if self._channel is not None:
-            self._channel.send({"t": "stop"})
+        self._send(protocol.Stop())
         try:
             await asyncio.wait_for(asyncio.shield(self._proc.wait()), timeout)
         except asyncio.TimeoutError:
@@ -146,91 +165,108 @@ class WorkerProcess:
             await self._proc.wait()
 
     def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def abort(self, reason: str) -> None:
+        """Hung: its calls fail now with ``reason``; SIGABRT makes faulthandler print every
+        thread's stack to our log, SIGKILL follows in case it cannot even do that (stopped)."""
+        if self._aborted or self._proc is None or self._proc.returncode is not None:
+            return
+        self._aborted = reason
+        self.state = "exited"
+        self.log.error("worker_aborted", pid=self.pid, reason=reason)
+        self._fail_pending(f"worker {self.pid} of api '{self.api}' was killed: {reason}")
+        self._signal(signal.SIGABRT)
+        asyncio.get_running_loop().call_later(ABORT_GRACE, self._signal, signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
         if self._proc is not None and self._proc.returncode is None:
             try:
-                self._proc.send_signal(signal.SIGKILL)
+                self._proc.send_signal(sig)
             except ProcessLookupError:
                 pass
 
+    def ping(self) -> None:
+        self._heartbeat.ping()
+
     # -- calls -------------------------------------------------------------------------------
 
-    async def call(self, meta: dict[str, Any], body: bytes) -> Reply:
+    def _send(self, message: protocol.Message) -> None:
+        if self._channel is not None:
+            self._channel.send(*message.encode())
+
+    async def call(self, call: protocol.Call) -> Response:
         if self._channel is None or self.state != "ready":
             raise WorkerGone(f"worker of api '{self.api}' is not ready")
         call_id = next(self._ids)
-        meta["id"] = call_id
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         self.in_flight += 1
         try:
-            self._channel.send(meta, body)
+            self._send(dataclasses.replace(call, id=call_id))
             return await future
         finally:
             self.in_flight -= 1
             self._pending.pop(call_id, None)
 
-    def open_stream(self, meta: dict[str, Any], body: bytes) -> StreamCall:
+    def open_stream(self, opened: protocol.Open) -> StreamCall:
         """Start a streamed call; the worker slot stays taken until the worker's end frame."""
         if self._channel is None or self.state != "ready":
             raise WorkerGone(f"worker of api '{self.api}' is not ready")
         call_id = next(self._ids)
-        meta["id"] = call_id
-        stream = StreamCall(call_id, self._channel.send, self._stream_finished)
+        stream = StreamCall(call_id, self._send, self._stream_finished)
         self._streams[call_id] = stream
         self.in_flight += 1
-        self._channel.send(meta, body)
+        self._send(dataclasses.replace(opened, id=call_id))
         return stream
 
     def _stream_finished(self, call_id: int) -> None:
         if self._streams.pop(call_id, None) is not None:
             self.in_flight -= 1
 
-    def _ack(self, call_id: int, request_id: str | None) -> Callable[[], None]:
-        def ack() -> None:
-            if self._channel is not None:
-                self._channel.send({"t": "sent", "id": call_id, "rid": request_id})
-        return ack
+    def _ack(self, call_id: int) -> Callable[[], None]:
+        return lambda: self._send(protocol.Sent(call_id))
 
     # -- frames from the worker --------------------------------------------------------------
 
     def _on_frame(self, meta: dict[str, Any], body: bytes) -> None:
-        kind = meta["t"]
-        if kind == "reply":
-            future = self._pending.get(meta["id"])
-            ack = self._ack(meta["id"], meta.get("rid")) if meta.get("cb") else None
+        message = protocol.decode(meta, body)
+        if isinstance(message, protocol.Reply):
+            future = self._pending.get(message.id)
+            ack = self._ack(message.id) if message.callback else None
             if future is not None and not future.done():
-                future.set_result(Reply(meta["status"], meta["h"], body, ack))
+                future.set_result(Response(message.status, message.headers, message.body, ack))
             elif ack is not None:
                 ack()  # nobody waits any more; the worker must still run and forget the callback
-        elif kind in ("msg", "end", "credit"):
-            self._on_stream_frame(kind, meta, body)
-        elif kind == "metric":
+        elif isinstance(message, (protocol.Chunk, protocol.Credit, protocol.End)):
+            self._on_stream_frame(message)
+        elif isinstance(message, protocol.Metric):
             try:
-                self._on_metric(meta)
+                self._on_metric(message.as_dict())
             except Exception as exc:  # noqa: BLE001 - a handler's bad metric must not cut its worker off
-                self.log.warning("user_metric_rejected", metric=meta.get("name"), error=str(exc))
-        elif kind == "ready":
-            self.verbs = meta["verbs"]
+                self.log.warning("user_metric_rejected", metric=message.name, error=str(exc))
+        elif isinstance(message, protocol.Ready):
+            self.info = message.info
             if self.state == "starting":  # a stop that came first wins
                 self.state = "ready"
             self.error = None
             self._settle_ready(True)
-        elif kind == "init_failed":
-            self.error = meta["error"]
+        elif isinstance(message, protocol.InitFailed):
+            self.error = message.error
             self.state = "failed"
-            self.log.error("handler_init_failed", pid=self.pid, error=meta["error"], traceback=meta.get("traceback"))
+            self.log.error("handler_init_failed", pid=self.pid, error=message.error, traceback=message.traceback)
             self._settle_ready(False)
 
-    def _on_stream_frame(self, kind: str, meta: dict[str, Any], body: bytes) -> None:
-        stream = self._streams.get(meta["id"])
+    def _on_stream_frame(self, message: protocol.Chunk | protocol.Credit | protocol.End) -> None:
+        stream = self._streams.get(message.id)
         if stream is None:
             return
-        if kind == "msg":
-            stream.on_message(body)
-        elif kind == "credit":
-            stream.on_credit(meta["n"])
+        if isinstance(message, protocol.Chunk):
+            stream.on_message(message.body)
+        elif isinstance(message, protocol.Credit):
+            stream.on_credit(message.n)
         else:
-            stream.on_end(meta, body)
+            stream.on_end(message)
 
     def _on_close(self, exc: Exception | None) -> None:
         if self.state in ("starting", "ready"):
@@ -239,7 +275,7 @@ class WorkerProcess:
         self._fail_pending(f"worker {self.pid} of api '{self.api}' died while handling the request")
 
     def _settle_ready(self, ok: bool) -> None:
-        if not self._ready.done():
+        if self._ready is not None and not self._ready.done():
             self._ready.set_result(ok)
 
     def _fail_pending(self, message: str) -> None:

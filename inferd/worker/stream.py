@@ -1,8 +1,8 @@
 """``StreamCall``: the daemon's side of one streamed call (every gRPC call uses it).
 
-Messages flow both ways as one frame each. Each direction has a credit window: the sender
-may be ``WINDOW`` messages ahead of the receiver's consumption, then waits for a ``credit``
-frame. A slow gRPC client therefore slows the handler's generator instead of letting it fill
+Messages flow both ways as one ``Chunk`` frame each. Each direction has a credit window: the
+sender may be ``WINDOW`` chunks ahead of the receiver's consumption, then waits for a
+``Credit`` frame. A slow gRPC client therefore slows the handler's generator instead of letting it fill
 the daemon's memory, and a fast client cannot flood a slow handler either.
 """
 
@@ -13,10 +13,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-WINDOW = 8
-UNAVAILABLE = 14  # grpc.StatusCode.UNAVAILABLE
+from inferd.worker import protocol
+from inferd.worker.protocol import WINDOW
 
-Send = Callable[[dict[str, Any], bytes], Any]
+Send = Callable[[protocol.Message], Any]
 _END = object()
 
 
@@ -28,7 +28,7 @@ class StreamCall:
         self._messages: asyncio.Queue[Any] = asyncio.Queue()
         self._credit = WINDOW
         self._credit_changed = asyncio.Event()
-        self.end: dict[str, Any] | None = None
+        self.end: protocol.End | None = None
         self.started = time.perf_counter()
         self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -45,12 +45,12 @@ class StreamCall:
         self._credit += count
         self._credit_changed.set()
 
-    def on_end(self, meta: dict[str, Any], body: bytes = b"") -> None:
+    def on_end(self, end: protocol.End) -> None:
         """The worker's last frame for this call: its status (and a unary reply); the slot is free."""
         if self.end is None:
-            if meta.get("reply"):
-                self._messages.put_nowait(body)
-            self.end = meta
+            if end.has_reply:
+                self._messages.put_nowait(end.body)
+            self.end = end
             if not self._done.done():
                 self._done.set_result(None)
             self._messages.put_nowait(_END)
@@ -58,7 +58,7 @@ class StreamCall:
             self._on_finished(self.id)
 
     def on_gone(self, message: str) -> None:
-        self.on_end({"code": UNAVAILABLE, "details": message})
+        self.on_end(protocol.End(self.id, protocol.UNAVAILABLE, message))
 
     # -- to the worker -----------------------------------------------------------------------
 
@@ -70,17 +70,17 @@ class StreamCall:
         if self.finished:
             return False
         self._credit -= 1
-        self._send({"t": "in", "id": self.id}, body)
+        self._send(protocol.Chunk(self.id, body))
         return True
 
     def end_input(self) -> None:
         if not self.finished:
-            self._send({"t": "in_end", "id": self.id}, b"")
+            self._send(protocol.InputEnd(self.id))
 
     def cancel(self) -> None:
         """The client went away or its deadline passed: tell the worker to stop producing."""
         if not self.finished:
-            self._send({"t": "cancel", "id": self.id}, b"")
+            self._send(protocol.Cancel(self.id))
 
     async def single(self) -> bytes | None:
         """For unary replies: wait for the end, return the (last) message, no credit traffic."""
@@ -99,4 +99,4 @@ class StreamCall:
                 return
             yield item
             if not self.finished:
-                self._send({"t": "credit", "id": self.id, "n": 1}, b"")
+                self._send(protocol.Credit(self.id, 1))

@@ -10,7 +10,9 @@ from inferd.metrics import Metrics
 from inferd.reload import api_digests
 from inferd.settings import Settings
 from inferd.spec import parse_apis
-from inferd.worker.launch import init_frame, worker_environment
+from inferd.kinds import get_kind
+from inferd.kinds.base import ApiRuntime, KindContext
+from inferd.worker.launch import init_message, worker_environment
 
 HANDLER = "class Handler:\n    def __init__(self, config):\n        pass\n    def handle_post(self, payload):\n        return payload\n"
 
@@ -27,7 +29,8 @@ def device(index: int, free_gib: int) -> GpuDevice:
 
 def build_all(spec, inventory):
     names = [api.name for api in spec.apis]
-    return Deployment(Settings(), {}, Metrics()).build(spec, {}, inventory, api_digests(spec), names)
+    context = KindContext(Settings(), Metrics(), None, spec.project_dir / "protos")
+    return Deployment(context, {}).build(spec, {}, inventory, api_digests(spec), names)
 
 
 def test_environment_precedence_and_daemon_only_variables(tmp_path: Path) -> None:
@@ -112,9 +115,15 @@ def test_init_frame_carries_handler_settings(tmp_path: Path) -> None:
     config: {nested: {k: [1, 2]}}
     server_side_batching: {max_batch_size: 4, batch_interval: 250ms}
 """)
-    frame = init_frame(spec, spec.api("api"), 1024)
+    api = spec.api("api")
+    kind = get_kind(api.kind)
+    assert kind is not None
+    context = KindContext(Settings(), Metrics(), None, tmp_path / "protos")
+    runner, options = kind.runner(ApiRuntime(api, "digest", kind, None), context)
+    frame, _ = init_message(spec, api, runner, options, 1024).encode()
+    assert frame["runner"] == "inferd.worker.runners.http:HttpRunner"
     assert frame["config"] == {"nested": {"k": [1, 2]}}
     assert type(frame["config"]["nested"]) is dict
     assert frame["threads"] == 4
-    assert frame["batching"] == {"max_batch_size": 4, "batch_interval": 0.25}
+    assert frame["options"]["batching"] == {"max_batch_size": 4, "batch_interval": 0.25}
     assert frame["max_body_size"] == 1024

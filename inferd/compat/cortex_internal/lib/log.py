@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from typing import TextIO
 
 import structlog
 
@@ -38,7 +39,7 @@ class CortexJsonFormatter(logging.Formatter):
         return text if len(text) <= MAX_LINE else ""
 
 
-class _CortexHandler(logging.StreamHandler):
+class _CortexHandler(logging.StreamHandler[TextIO]):
     def emit(self, record: logging.LogRecord) -> None:
         text = self.format(record)
         if text:

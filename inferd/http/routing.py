@@ -1,0 +1,67 @@
+"""A routing table in starlette's shape: ``Route`` for one path, ``Mount`` for a subtree.
+
+Built once per reload from what each kind declares and swapped whole, so a request sees one
+consistent table. Exact paths are one dict lookup (the hot path); mounts are tried longest
+prefix first, and the app of a mount sees the rest of the path in ``scope["path_params"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp
+
+
+@dataclass(frozen=True)
+class Route:
+    """Exactly ``path`` (a trailing slash is ignored)."""
+
+    path: str
+    app: ASGIApp
+
+
+@dataclass(frozen=True)
+class Mount:
+    """``prefix`` itself and every path below it (``/<endpoint>/<id>``, ``/v2/<api>/status/<id>``)."""
+
+    prefix: str
+    app: ASGIApp
+
+
+BaseRoute = Route | Mount
+
+
+class DuplicateRoute(ValueError):
+    pass
+
+
+class RouteTable:
+    def __init__(self, routes: Iterable[BaseRoute] = ()) -> None:
+        self.exact: dict[str, ASGIApp] = {}
+        mounts: dict[str, ASGIApp] = {}
+        for route in routes:
+            if isinstance(route, Route):
+                path = route.path.rstrip("/") or "/"
+                if path in self.exact:
+                    raise DuplicateRoute(f"two APIs are routed at {path}")
+                self.exact[path] = route.app
+            else:
+                prefix = route.prefix.rstrip("/")
+                if prefix in mounts:
+                    raise DuplicateRoute(f"two APIs are mounted at {prefix}")
+                mounts[prefix] = route.app
+        self.mounts = sorted(mounts.items(), key=lambda item: len(item[0]), reverse=True)
+
+    def match(self, path: str) -> tuple[ASGIApp | None, str]:
+        """The app for ``path`` and the part of the path below its mount ('' for exact routes)."""
+        path = path.rstrip("/") or "/"
+        app = self.exact.get(path)
+        if app is not None:
+            return app, ""
+        for prefix, mounted in self.mounts:
+            if path == prefix:
+                return mounted, ""
+            if path.startswith(prefix) and path[len(prefix)] == "/":
+                return mounted, path[len(prefix) + 1:]
+        return None, ""

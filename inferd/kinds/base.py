@@ -1,0 +1,125 @@
+"""What a kind of API declares, and what it is given.
+
+The deployment asks a ``Kind`` everything kind-specific: whether it can serve an API, how many
+calls a worker takes, which worker runner runs the handler and with what options, the front
+that answers requests (built once, switched to new workers on reload), its routes, its queue
+consumer, and what it adds to ``/-/apis``, ``inferd status`` and metrics. Nothing outside a
+kind's own module compares kind names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+
+from inferd.grpc.protos import CompiledProto
+from inferd.http.routing import BaseRoute
+from inferd.metrics import Metrics
+from inferd.settings import Settings
+from inferd.spec import ApiSpec
+from inferd.store import AsyncJobStore
+from inferd.worker.pool import WorkerPool
+
+
+class Front(Protocol):
+    """What answers an API's requests; it outlives reloads, pointed at each new pool in turn."""
+
+
+class QueueConsumer(Protocol):
+    """Feeds queued work (async jobs, batches) to one pool's workers."""
+
+    def start(self) -> None: ...
+
+    async def stop(self, timeout: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class KindContext:
+    """What the daemon lends every kind."""
+
+    settings: Settings
+    metrics: Metrics
+    store: AsyncJobStore | None
+    proto_cache: Path
+
+
+@dataclass
+class ApiRuntime:
+    """One version of one API: its spec, its kind, its pool (None when it cannot run)."""
+
+    spec: ApiSpec
+    digest: str
+    kind: Kind | None
+    pool: WorkerPool | None
+    error: str | None = None
+    compiled: CompiledProto | None = None
+    consumer: QueueConsumer | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def endpoint(self) -> str:
+        """gRPC APIs are reached at /<package>.<Service> on the gRPC port, as in Cortex."""
+        return f"/{self.compiled.service_name}" if self.compiled else self.spec.networking.endpoint
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"name": self.spec.name, "kind": self.spec.kind, "endpoint": self.endpoint,
+                                "protocol": "grpc" if self.compiled is not None else "http",
+                                "gpus_per_replica": self.spec.gpus_per_replica}
+        if self.pool is None:
+            return {**info, "state": "failed", "error": self.error, "desired_workers": 0,
+                    "ready_workers": 0, "restarts": 0, "workers": []}
+        return {**info, **self.pool.describe(), "error": self.error or self.pool.error}
+
+
+class Kind:
+    """Defaults shared by the handler-generation kinds; each kind overrides what differs."""
+
+    name: str = ""
+    needs_store: bool = False
+
+    def unsupported(self, api: ApiSpec) -> str | None:
+        """Why this version of inferd cannot serve the API, or None when it can."""
+        if api.pod is not None:
+            return "APIs with pod.containers are not supported by this version of inferd yet"
+        if api.handler is None:
+            return "the API has no handler block"
+        if api.handler.type != "python":
+            return f"handler.type {api.handler.type} is not supported by inferd; use type: python"
+        return None
+
+    def worker_concurrency(self, api: ApiSpec) -> int:
+        """Calls one worker takes at once before the pool answers 503."""
+        return api.autoscaling.max_replica_concurrency if api.autoscaling else 1024
+
+    def runner(self, runtime: ApiRuntime, context: KindContext) -> tuple[str, dict[str, Any]]:
+        """The worker-side runner (an import string under ``inferd.worker.runners``) and its options."""
+        raise NotImplementedError
+
+    def front(self, runtime: ApiRuntime, context: KindContext, current: Front | None) -> Front | None:
+        """The front for ``runtime``: ``current`` switched to its pool when it is this kind's,
+        else a new one; None when the API cannot take requests."""
+        raise NotImplementedError
+
+    def consumer(self, runtime: ApiRuntime, context: KindContext) -> QueueConsumer | None:
+        return None
+
+    def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:
+        return ()
+
+    def rpc_routes(self, front: Front) -> dict[str, grpc.RpcMethodHandler]:
+        return {}
+
+    async def status(self, runtime: ApiRuntime, context: KindContext) -> dict[str, Any]:
+        """Fields this kind adds to ``inferd status`` (e.g. ``queue_length``)."""
+        return {}
+
+    async def refresh_gauges(self, runtime: ApiRuntime, context: KindContext) -> None:
+        """Set the gauges this kind reports (read, not counted: queue lengths, job counts)."""

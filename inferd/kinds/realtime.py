@@ -1,0 +1,71 @@
+"""RealtimeAPI: ``handle_<verb>`` over HTTP at ``/<endpoint>``, or the RPCs of its
+``protobuf_path`` over gRPC (then reached at ``/<package>.<Service>`` on the gRPC port)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from starlette.types import Receive, Scope, Send
+
+from inferd.grpc.bridge import RpcBridge
+from inferd.grpc.protos import CompiledProto
+from inferd.http.realtime import RealtimeEndpoint
+from inferd.http.responses import send_json
+from inferd.http.routing import BaseRoute, Route
+from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext
+
+HTTP_RUNNER = "inferd.worker.runners.http:HttpRunner"
+GRPC_RUNNER = "inferd.worker.runners.grpc:GrpcRunner"
+
+
+async def model_info(scope: Scope, receive: Receive, send: Send) -> None:
+    """Cortex's model metadata at ``/<endpoint>/info``: none for APIs without models."""
+    await send_json(send, 200, {})
+
+
+def grpc_options(compiled: CompiledProto, context: KindContext) -> dict[str, Any]:
+    """What a gRPC worker needs to load the same compiled module (a cache hit) and route RPCs."""
+    return {"proto_path": str(compiled.proto_path), "cache_dir": str(context.proto_cache),
+            "service": compiled.service_name,
+            "methods": [{"name": m.name, "client_streaming": m.client_streaming,
+                         "server_streaming": m.server_streaming, "input_type": m.input_type,
+                         "output_type": m.output_type} for m in compiled.methods]}
+
+
+class RealtimeKind(Kind):
+    name = "RealtimeAPI"
+
+    def runner(self, runtime: ApiRuntime, context: KindContext) -> tuple[str, dict[str, Any]]:
+        if runtime.compiled is not None:
+            return GRPC_RUNNER, grpc_options(runtime.compiled, context)
+        handler = runtime.spec.handler
+        batching = handler.server_side_batching if handler is not None else None
+        options = {"batching": {"max_batch_size": batching.max_batch_size,
+                                "batch_interval": batching.batch_interval}} if batching else {}
+        return HTTP_RUNNER, options
+
+    def front(self, runtime: ApiRuntime, context: KindContext, current: Front | None) -> Front | None:
+        pool = runtime.pool
+        if pool is None:
+            return None
+        if runtime.compiled is not None:
+            if isinstance(current, RpcBridge):
+                current.switch(pool, runtime.compiled.methods)
+                return current
+            return RpcBridge(runtime.name, pool, runtime.compiled.methods, context.metrics.recorder(runtime.name))
+        if isinstance(current, RealtimeEndpoint):
+            current.switch(pool)
+            return current
+        settings = context.settings
+        return RealtimeEndpoint(runtime.name, pool, settings.max_body_size, context.metrics, settings.max_header_size)
+
+    def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:
+        if not isinstance(front, RealtimeEndpoint):
+            return ()
+        endpoint = runtime.spec.networking.endpoint
+        return (Route(endpoint, front), Route(f"{endpoint}/info", model_info))
+
+    def rpc_routes(self, front: Front) -> dict[str, grpc.RpcMethodHandler]:
+        return front.handlers() if isinstance(front, RpcBridge) else {}

@@ -1,0 +1,36 @@
+"""The HTTP routing table kinds declare: exact routes, prefix mounts, no silent overlap."""
+
+from __future__ import annotations
+
+import pytest
+
+from inferd.http.routing import DuplicateRoute, Mount, Route, RouteTable
+
+
+async def app_a(scope, receive, send) -> None: ...
+async def app_b(scope, receive, send) -> None: ...
+async def app_c(scope, receive, send) -> None: ...
+
+
+def test_exact_routes_ignore_a_trailing_slash_and_nothing_below() -> None:
+    table = RouteTable([Route("/predict", app_a)])
+    assert table.match("/predict") == (app_a, "")
+    assert table.match("/predict/") == (app_a, "")
+    assert table.match("/predict/x") == (None, "")
+    assert table.match("/predictor") == (None, "")
+
+
+def test_mounts_own_their_subtree_and_pass_the_rest_of_the_path() -> None:
+    table = RouteTable([Mount("/v2/worker", app_a), Mount("/v2/worker/special", app_b), Route("/v2/worker/health", app_c)])
+    assert table.match("/v2/worker") == (app_a, "")
+    assert table.match("/v2/worker/status/abc-1") == (app_a, "status/abc-1")
+    assert table.match("/v2/worker/special/run") == (app_b, "run")  # longest prefix wins
+    assert table.match("/v2/worker/health") == (app_c, "")  # an exact route beats any mount
+    assert table.match("/v2/workers") == (None, "")
+
+
+def test_two_apis_on_one_path_are_refused() -> None:
+    with pytest.raises(DuplicateRoute, match="/a"):
+        RouteTable([Route("/a", app_a), Route("/a/", app_b)])
+    with pytest.raises(DuplicateRoute):
+        RouteTable([Mount("/m", app_a), Mount("/m/", app_b)])
