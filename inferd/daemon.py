@@ -23,7 +23,6 @@ from inferd.control.server import ControlServer
 from inferd.control.target import DaemonControl
 from inferd.deployment import Deployment
 from inferd.gpu import GpuDevice, read_inventory
-from inferd.grpc.protos import CompiledProto
 from inferd.grpc.server import GrpcServer
 from inferd.grpc.services import compile_project
 from inferd.http.app import InferdApp
@@ -35,6 +34,7 @@ from inferd.logbook import LogBook
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
 from inferd.notify import SystemdNotifier
+from inferd.protos import CompiledProto
 from inferd.reload import ReloadReport, api_digests, apply_reload
 from inferd.settings import Settings
 from inferd.spec import ProjectSpec, SpecError, load_project
@@ -94,7 +94,7 @@ def log_project(project: ProjectSpec) -> None:
 def _report_crash(task: asyncio.Task[Any]) -> None:
     """A background task must never die silently."""
     if not task.cancelled() and task.exception() is not None:
-        log.error("background_task_crashed", task=task.get_coro().__qualname__, exc_info=task.exception())
+        log.error("background_task_crashed", task=getattr(task.get_coro(), "__qualname__", repr(task)), exc_info=task.exception())
 
 
 class Daemon:
@@ -144,23 +144,27 @@ class Daemon:
         log_project(project)
         try:
             sock = listen_socket(self.settings.host, self.settings.port)
-            await self.grpc.start()
+            grpc_port = await self.grpc.start()
             await self._start_control()
         except OSError as exc:
             log.error("listen_failed", host=self.settings.host, port=self.settings.port,
                       grpc_port=self.settings.grpc_port, error=str(exc))
             return EXIT_FAILED
+        # the bound ports: with port 0 in the settings the kernel picked them (tests, side-by-side daemons)
+        port = sock.getsockname()[1]
+        log.info("inferd_listening", host=self.settings.host, port=port, grpc_port=grpc_port,
+                 control_socket=str(self.settings.control_socket))
         await self._deploy(project, protos)
         server = HttpServer(self.app, self.settings)
         await server.startup(sockets=[sock])
         serving = asyncio.get_running_loop().create_task(server.main_loop())
-        for job in (self._follow_health(), self._announce_ready(), self._watchdog(),
-                    follow_gauges(self.metrics, lambda: self.deployment)):
+        readiness = lambda: self.deployment.readiness() if self.deployment is not None else {}  # noqa: E731
+        for job in (self.grpc.follow_health(readiness, self._readiness_changed), self._announce_ready(),
+                    self._watchdog(), follow_gauges(self.metrics, lambda: self.deployment)):
             self._spawn(job)
         if self.watch:
             self._spawn(self._watch_project())
-        log.info("inferd_started", host=self.settings.host, port=self.settings.port,
-                 grpc_port=self.settings.grpc_port, pid=os.getpid(),
+        log.info("inferd_started", host=self.settings.host, port=port, grpc_port=grpc_port, pid=os.getpid(),
                  project=str(project.project_dir), apis=[api.name for api in project.apis])
         self._install_signals()
         await self._serve_events()
@@ -301,17 +305,6 @@ class Daemon:
         while interval:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
-
-    async def _follow_health(self) -> None:
-        """gRPC health mirrors worker readiness, updated on every worker change."""
-        while True:
-            self._readiness_changed.clear()
-            if self.deployment is not None and self.grpc is not None:
-                try:
-                    await self.grpc.set_health(self.deployment.readiness())
-                except Exception as exc:  # noqa: BLE001 - try again on the next change
-                    log.warning("health_update_failed", error=str(exc))
-            await self._readiness_changed.wait()
 
     # -- stop ----------------------------------------------------------------------------------
 

@@ -18,11 +18,11 @@ from typing import Any
 import grpc
 
 from inferd.gpu import GpuDevice, GpuRequest, assign_gpus
-from inferd.grpc.protos import CompiledProto
 from inferd.http.routing import BaseRoute, RouteTable
 from inferd.kinds import get_kind, unsupported_kind
 from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext
 from inferd.logs import get_logger
+from inferd.protos import CompiledProto
 from inferd.spec import ApiSpec, ProjectSpec
 from inferd.worker.backend import WorkerBackend
 from inferd.worker.launch import init_message, worker_slots

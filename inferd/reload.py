@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inferd.deployment import Deployment
-from inferd.kinds.base import ApiRuntime
 from inferd.gpu import GpuDevice
-from inferd.grpc.protos import CompiledProto
+from inferd.kinds.base import ApiRuntime
 from inferd.logs import get_logger
+from inferd.protos import CompiledProto
 from inferd.spec import ProjectSpec
 
 log = get_logger()
@@ -125,7 +125,7 @@ async def apply_reload(deployment: Deployment, project: ProjectSpec, protos: Map
             runtime.pool.start()
     problems = await asyncio.gather(*(_readiness(rt, ready_timeout) for rt in candidates.values()))
     retiring: list[ApiRuntime] = []
-    for (name, runtime), problem in zip(candidates.items(), problems):
+    for (name, runtime), problem in zip(candidates.items(), problems, strict=True):
         if problem is not None:
             report.errors[name] = problem
             deployment.apis[name].error = f"reload failed, still serving the previous version: {problem}"

@@ -1,11 +1,11 @@
-"""Shared fixtures: a real ``inferd run`` process on free ports with a temporary state dir."""
+"""Shared fixtures: a real ``inferd run`` process with a temporary state dir, on ports the
+kernel picked (``--port 0``), read back from its ``inferd_listening`` log line."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,12 +17,6 @@ import pytest
 
 PROJECTS = Path(__file__).parent / "projects"
 INTERNAL_FAULTS = {"frame_handler_failed", "background_task_crashed", "call_failed"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def children_of(pid: int) -> list[int]:
@@ -54,18 +48,29 @@ class RunningDaemon:
                  env: dict[str, str] | None = None) -> None:
         self.project = project
         tmp.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.grpc_port = free_port()
         self.state_dir = tmp / "state"
         self.log_path = tmp / "daemon.log"
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "inferd", "run", "--project", str(project), "--port", str(self.port),
-               "--grpc-port", str(self.grpc_port), "--state-dir", str(self.state_dir), *(extra_args or [])]
+        cmd = [sys.executable, "-m", "inferd", "run", "--project", str(project), "--port", "0",
+               "--grpc-port", "0", "--state-dir", str(self.state_dir), *(extra_args or [])]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("INFERD_")}
         full_env.update(env or {})
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+        self.port, self.grpc_port = self._bound_ports()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def _bound_ports(self, timeout: float = 60) -> tuple[int, int]:
+        """The daemon's ports once it listens; (0, 0) when it exits first (a test of a failure)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.log_events():
+                if event.get("event") == "inferd_listening":
+                    return int(event["port"]), int(event["grpc_port"])
+            if self.proc.poll() is not None:
+                return 0, 0
+            time.sleep(0.05)
+        raise AssertionError(f"daemon did not listen within {timeout}s:\n{self.logs()}")
 
     def wait_ready(self, apis: list[str] | None = None, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from inferd.grpc.protos import CompiledProto, compile_proto, message_classes
+from inferd.protos import CompiledProto, compile_proto, message_classes
 
 PROTO = Path(__file__).with_name("control.proto")
 SERVICE = "inferd.v1.Control"

@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 
-from inferd.grpc.protos import RpcMethod
 from inferd.logs import get_logger
 from inferd.metrics import RequestRecorder
+from inferd.protos import RpcMethod
 from inferd.worker import protocol
 from inferd.worker.pool import ApiUnavailable, WorkerPool
 from inferd.worker.stream import StreamCall

@@ -6,8 +6,9 @@ added or replaced while the server runs; reflection and health follow the same t
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -16,9 +17,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from inferd.grpc.protos import CompiledProto
-from inferd.grpc.protos import descriptor_pool as proto_pool
 from inferd.logs import get_logger
+from inferd.protos import CompiledProto
+from inferd.protos import descriptor_pool as proto_pool
 
 log = get_logger()
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -77,14 +78,16 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(self.reflection, self.server)
         self.services: dict[str, str] = {}  # service full name -> api
+        self.port = port
 
-    async def start(self) -> None:
-        """Raises OSError when the port cannot be bound."""
+    async def start(self) -> int:
+        """The bound port (port 0 picks a free one); OSError when it cannot be bound."""
         try:
-            self.server.add_insecure_port(self.address)
+            self.port = self.server.add_insecure_port(self.address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen for gRPC on {self.address}: {exc}") from None
         await self.server.start()
+        return self.port
 
     def route(self, table: Mapping[str, grpc.RpcMethodHandler], protos: Mapping[str, CompiledProto]) -> None:
         self.router.table = dict(table)
@@ -97,6 +100,16 @@ class GrpcServer:
         for service, api in self.services.items():
             await self.health.set(service, serving if ready.get(api) else not_serving)
         await self.health.set("", serving if all(ready.values()) else not_serving)
+
+    async def follow_health(self, readiness: Callable[[], Mapping[str, bool]], changed: asyncio.Event) -> None:
+        """Mirror worker readiness into the health service on every ``changed``, until cancelled."""
+        while True:
+            changed.clear()
+            try:
+                await self.set_health(readiness())
+            except Exception as exc:  # noqa: BLE001 - try again on the next change
+                log.warning("health_update_failed", error=str(exc))
+            await changed.wait()
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()

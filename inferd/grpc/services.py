@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inferd.grpc.protos import (
+from inferd.logs import get_logger
+from inferd.protos import (
     CompiledProto,
     ProtoError,
     compile_proto,
     descriptor_pool,
     package_warning,
 )
-from inferd.logs import get_logger
 from inferd.spec import ProjectSpec, SpecError, SpecIssue
 
 log = get_logger()

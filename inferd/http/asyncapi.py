@@ -14,8 +14,8 @@ from starlette.types import Receive, Scope, Send
 
 from inferd.http.body import BodyTooLarge, ClientGone, read_body, send_too_large
 from inferd.http.responses import send_bytes, send_error, send_json
+from inferd.payload import PayloadError, media_type, parse_payload
 from inferd.store import COMPLETED, FAILED, AsyncJobStore, Job
-from inferd.worker.payload import PayloadError, media_type, parse_payload
 
 QUEUE_RECOUNT = 0.5  # seconds an estimated queue length is trusted
 
@@ -31,7 +31,7 @@ def timestamp(job: Job) -> str:
 
 def status_body(job: Job) -> bytes:
     """Cortex's shape; the stored result bytes are spliced in, never decoded and re-encoded."""
-    head = {"id": job.id, "status": job.status}
+    head: dict[str, str | None] = {"id": job.id, "status": job.status}
     if job.status == FAILED:
         head["error"] = job.error
     text = json.dumps(head, separators=(",", ":")).encode()

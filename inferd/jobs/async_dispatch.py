@@ -81,7 +81,7 @@ class AsyncDispatcher:
         if job is None:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             return
         # shielded: stopping the dispatcher must not abandon a job mid-call

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import grpc
 
-from inferd.grpc.protos import CompiledProto
 from inferd.http.routing import BaseRoute
 from inferd.metrics import Metrics
+from inferd.protos import CompiledProto
 from inferd.settings import Settings
 from inferd.spec import ApiSpec
 from inferd.store import AsyncJobStore

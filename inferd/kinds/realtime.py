@@ -10,11 +10,11 @@ import grpc
 from starlette.types import Receive, Scope, Send
 
 from inferd.grpc.bridge import RpcBridge
-from inferd.grpc.protos import CompiledProto
 from inferd.http.realtime import RealtimeEndpoint
 from inferd.http.responses import send_json
 from inferd.http.routing import BaseRoute, Route
 from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext
+from inferd.protos import CompiledProto
 
 HTTP_RUNNER = "inferd.worker.runners.http:HttpRunner"
 GRPC_RUNNER = "inferd.worker.runners.grpc:GrpcRunner"

@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        runner = uvloop.run
+        code = uvloop.run(WorkerChild(args.fd).run())
     except ImportError:
-        runner = asyncio.run
-    code = runner(WorkerChild(args.fd).run())
+        code = asyncio.run(WorkerChild(args.fd).run())
     sys.stdout.flush()
-    sys.__stdout__.flush()
+    if sys.__stdout__ is not None:
+        sys.__stdout__.flush()
     # Handler threads may still be blocked in user code; they must not keep the process alive.
     os._exit(code)
 

@@ -37,7 +37,11 @@ class WorkerBackend(Protocol):
     info: dict[str, Any]  # what the worker reported when ready (e.g. the HTTP verbs)
     error: str | None
     started_at: float     # monotonic
-    last_seen: float      # monotonic time of the latest heartbeat answer
+
+    @property
+    def last_seen(self) -> float:
+        """Monotonic time of the latest heartbeat answer (or of the start)."""
+        ...
 
     async def start(self) -> None: ...
 

@@ -85,17 +85,6 @@ class BoundMethod:
         return {name: values[name] for name in self.wants}
 
 
-ASYNC_PARAMS = frozenset({"payload", "request_id"})
-
-
-def async_methods(handler: Any) -> dict[str, BoundMethod]:
-    """AsyncAPI: ``handle_async(payload, request_id)``, reachable as the ``async`` verb."""
-    func = getattr(handler, "handle_async", None)
-    if func is None:
-        raise HandlerLoadError("Handler does not define handle_async, which an AsyncAPI requires")
-    return {"async": BoundMethod(func, tuple(check_params("Handler.handle_async", func, ASYNC_PARAMS)))}
-
-
 def http_methods(handler: Any) -> dict[str, BoundMethod]:
     methods = {}
     for verb in HTTP_VERBS:

@@ -199,7 +199,7 @@ class WorkerPool:
                 return await worker.call(call)
             try:
                 return await asyncio.wait_for(worker.call(call), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 reason = f"request {call.rid} exceeded handler.request_timeout ({timeout:g}s)"
                 worker.abort(reason)
                 raise CallTimedOut(f"api '{self.api}': {reason}; its worker is being replaced") from None
@@ -220,7 +220,7 @@ class WorkerPool:
                 return f"workers not ready after {timeout:.0f}s"
             try:
                 await asyncio.wait_for(self._ready_changed.wait(), min(remaining, 0.5))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return "the pool is stopping"
 
@@ -279,7 +279,7 @@ class WorkerPool:
                 break
             try:
                 await asyncio.wait_for(self._ready_changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         raise ApiUnavailable(self._not_ready_message())
 

@@ -159,7 +159,7 @@ class WorkerProcess:
         self._send(protocol.Stop())
         try:
             await asyncio.wait_for(asyncio.shield(self._proc.wait()), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.log.warning("worker_stop_timeout", pid=self.pid, timeout=timeout)
             self.kill()
             await self._proc.wait()

@@ -204,7 +204,7 @@ def test_cortex_logger_prints_and_inferd_logs(project: Path, start_daemon) -> No
     assert len(reminder) == 1 and reminder[0]["file"].endswith("requirements.txt")
     logs = cli(daemon, "logs", "main", "--tail", "50")
     assert logs.returncode == 0
-    assert any(json.loads(l).get("message") == "received payload" for l in logs.stdout.splitlines())
+    assert any(json.loads(line).get("message") == "received payload" for line in logs.stdout.splitlines())
 
 
 def test_install_service_writes_a_unit_systemd_accepts(tmp_path: Path) -> None:

@@ -290,6 +290,8 @@ def test_sigkill_of_worker_is_replaced(daemon: RunningDaemon) -> None:
         time.sleep(0.1)
     assert len(pids) == 2 and pid not in pids
     assert daemon.client.post("/v1/pair", json={}).status_code == 200
+    exited = [e for e in daemon.log_events() if e.get("event") == "worker_exited" and e.get("pid") == pid]
+    assert exited and "killed by SIGKILL (out of memory?)" in exited[0]["error"], exited
 
 
 def test_python_path_is_importable(daemon: RunningDaemon) -> None:
@@ -309,3 +311,24 @@ def test_huge_print_lines_and_bad_metrics_do_not_hurt_the_worker(daemon: Running
 
 def test_cortex_info_route(daemon: RunningDaemon) -> None:
     assert daemon.client.get("/echo/info").json() == {}
+
+
+def test_oversized_headers_get_431_and_never_reach_the_worker(daemon: RunningDaemon) -> None:
+    """A 1 MiB Content-Type once overflowed the worker protocol's metadata cap and killed the
+    worker with everything in flight on it; the daemon now refuses it first."""
+    before = daemon.api("echo")
+    huge = "application/json; x=" + "a" * (1 << 20)
+    for headers in ({"content-type": huge}, {"x-filler": "b" * (70 << 10)}):
+        response = daemon.client.post("/echo", content=b"{}", headers=headers)
+        assert response.status_code == 431
+        body = response.json()
+        assert body["api"] == "echo" and "max_header_size" in body["error"]
+    # the query string travels in the same frame: httpx refuses such a URL itself, curl sends it
+    result = curl("-X", "POST", "-w", "\n%{http_code}", f"{daemon.url}/echo?q={'c' * (40 << 10)}",
+                  "-H", "Content-Type: application/json", "-H", f"x-filler: {'d' * (30 << 10)}", "-d", "{}")
+    body, status = result.stdout.rsplit("\n", 1)
+    assert status == "431" and "max_header_size" in json.loads(body)["error"]
+    after = daemon.api("echo")
+    assert after["restarts"] == before["restarts"]
+    assert [w["pid"] for w in after["workers"]] == [w["pid"] for w in before["workers"]]
+    assert daemon.client.post("/echo", json={"n": 1}).status_code == 200

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from inferd.deployment import Deployment
 from inferd.gpu import GpuDevice
+from inferd.kinds import get_kind
+from inferd.kinds.base import ApiRuntime, KindContext
 from inferd.metrics import Metrics
 from inferd.reload import api_digests
 from inferd.settings import Settings
 from inferd.spec import parse_apis
-from inferd.kinds import get_kind
-from inferd.kinds.base import ApiRuntime, KindContext
 from inferd.worker.launch import init_message, worker_environment
 
 HANDLER = "class Handler:\n    def __init__(self, config):\n        pass\n    def handle_post(self, payload):\n        return payload\n"

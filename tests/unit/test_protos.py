@@ -1,4 +1,4 @@
-"""inferd.grpc.protos: compiling, caching and describing a gRPC API's proto."""
+"""inferd.protos: compiling, caching and describing a gRPC API's proto."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from inferd.grpc.protos import (
+from inferd.protos import (
     CompiledProto,
     ProtoError,
     compile_proto,
@@ -269,7 +269,7 @@ def test_package_warning(tmp_path: Path, cache: Path, package: str, api: str, wa
 
 def test_protoc_warnings_logged_once(tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture) -> None:
     text = service_proto("p").replace("package p;", 'import "google/protobuf/empty.proto";\npackage p;')
-    with caplog.at_level("WARNING", logger="inferd.grpc.protos"):
+    with caplog.at_level("WARNING", logger="inferd.protos"):
         compile_text(tmp_path, cache, text)
     assert [r.getMessage() for r in caplog.records] == [
         "protoc: predictor.proto:2:1: warning: Import google/protobuf/empty.proto is unused."]

@@ -9,7 +9,7 @@ import asyncio
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +31,7 @@ from inferd.store import (
 from inferd.store.schema import MIGRATIONS, jobs, migrate
 
 T = TypeVar("T")
-T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 class Clock:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from inferd.payload import PayloadError, parse_payload
 from inferd.worker import protocol
 from inferd.worker.handler_class import BoundMethod, HandlerLoadError, check_params
-from inferd.worker.payload import PayloadError, parse_payload
 from inferd.worker.render import JSON, RenderError, error_body, render_json
 from inferd.worker.runners.base import CallRunner, Outcome
 

@@ -11,9 +11,9 @@ from typing import Any
 import structlog
 from starlette.exceptions import HTTPException
 
+from inferd.payload import PayloadError
 from inferd.worker import protocol
 from inferd.worker.handler_class import BoundMethod
-from inferd.worker.payload import PayloadError
 from inferd.worker.render import JSON, error_body
 
 Outcome = tuple[int, list[list[str]], bytes, Callable[[], Any] | None]

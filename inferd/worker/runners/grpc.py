@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from inferd.grpc.protos import compile_proto, load_pb2
+from inferd.protos import compile_proto, load_pb2
 from inferd.worker import protocol
 from inferd.worker.handler_class import BoundMethod, HandlerLoadError, check_params
 from inferd.worker.runners.base import Runner

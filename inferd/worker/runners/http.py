@@ -7,10 +7,10 @@ from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
 
+from inferd.payload import PayloadError, is_form, parse_form, parse_payload
 from inferd.worker import protocol
 from inferd.worker.batching import Batcher
 from inferd.worker.handler_class import BoundMethod, http_methods
-from inferd.worker.payload import PayloadError, is_form, parse_form, parse_payload
 from inferd.worker.render import JSON, RenderError, error_body, render, split_callback
 from inferd.worker.runners.base import CallRunner, Outcome
 

@@ -2,7 +2,8 @@
 
 application/json -> parsed object; multipart/form-data and x-www-form-urlencoded -> starlette
 FormData (UploadFile for files); text/plain -> str in the declared charset; anything else ->
-the raw bytes.  This runs in the worker so the daemon never parses a body it only forwards.
+the raw bytes.  The worker parses every payload (the daemon never parses a body it only
+forwards); the daemon uses the same rules only to refuse an AsyncAPI submission early.
 """
 
 from __future__ import annotations
