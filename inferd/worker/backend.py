@@ -8,6 +8,7 @@ over HTTP is the next, and the pool does not change for it.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +19,19 @@ from inferd.worker.stream import StreamCall
 
 class WorkerGone(Exception):
     """The worker exited, was killed, or closed its channel before answering."""
+
+
+def exit_reason(code: int | None) -> str:
+    """``-9`` is the kernel's OOM killer far more often than anyone else: say so."""
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+    return f"exited with code {code}"
 
 
 @dataclass(slots=True)

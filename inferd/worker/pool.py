@@ -12,7 +12,6 @@ beyond it the caller gets ``ApiUnavailable`` (HTTP 503). A call that outlives
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 
 from inferd.logs import get_logger
 from inferd.worker import protocol
-from inferd.worker.backend import BackendFactory, Response, WorkerBackend, WorkerGone
+from inferd.worker.backend import BackendFactory, Response, WorkerBackend, WorkerGone, exit_reason
 from inferd.worker.stream import StreamCall
 
 BACKOFF_FIRST = 0.5
@@ -38,19 +37,6 @@ class WorkerDied(ApiUnavailable):
 
 class CallTimedOut(Exception):
     """The handler did not answer within ``handler.request_timeout``; its worker is replaced."""
-
-
-def exit_reason(code: int | None) -> str:
-    """``-9`` is the kernel's OOM killer far more often than anyone else: say so."""
-    if code is None:
-        return "exited"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
-    return f"exited with code {code}"
 
 
 @dataclass(frozen=True)

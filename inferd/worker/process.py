@@ -22,7 +22,7 @@ from typing import Any
 
 from inferd.logs import get_logger, relay_event
 from inferd.worker import protocol
-from inferd.worker.backend import Response, WorkerGone
+from inferd.worker.backend import Response, WorkerGone, exit_reason
 from inferd.worker.heartbeat import HeartbeatMonitor
 from inferd.worker.ipc import FrameProtocol, channel_pair
 from inferd.worker.stream import StreamCall
@@ -51,16 +51,6 @@ async def _read_line(stream: asyncio.StreamReader) -> bytes:
             except asyncio.IncompleteReadError:
                 break
         return head + b" [line cut]\n"
-
-
-def exit_reason(code: int | None) -> str:
-    """``-9`` is the kernel's OOM killer far more often than anyone else: say so."""
-    if code is None:
-        return "exited"
-    if code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
-        return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
-    return f"exited with code {code}"
 
 
 class WorkerProcess:

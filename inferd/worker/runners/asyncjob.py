@@ -11,7 +11,7 @@ from typing import Any
 from inferd.payload import PayloadError, parse_payload
 from inferd.worker import protocol
 from inferd.worker.handler_class import BoundMethod, HandlerLoadError, check_params
-from inferd.worker.render import JSON, RenderError, error_body, render_json
+from inferd.worker.render import JSON, error_body, render_json
 from inferd.worker.runners.base import CallRunner, Outcome
 
 ASYNC_PARAMS = frozenset({"payload", "request_id"})
@@ -39,9 +39,4 @@ class AsyncJobRunner(CallRunner):
         return await self.invoke(self.method, call, values)
 
     def outcome(self, call: protocol.Call, result: Any) -> Outcome:
-        try:
-            status, headers, out = render_json(result)
-        except RenderError as exc:
-            self.log.error("handler_result_invalid", error=str(exc), request_id=call.rid)
-            return 500, JSON, error_body(self.api, str(exc)), None
-        return status, headers, out, None
+        return self.rendered(call, render_json, result, None)

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from inferd.payload import PayloadError
 from inferd.worker import protocol
 from inferd.worker.handler_class import BoundMethod
-from inferd.worker.render import JSON, error_body
+from inferd.worker.render import JSON, Rendered, RenderError, error_body
 
 Outcome = tuple[int, list[list[str]], bytes, Callable[[], Any] | None]
 
@@ -110,6 +110,16 @@ class CallRunner(Runner):
 
     def outcome(self, call: protocol.Call, result: Any) -> Outcome:
         raise NotImplementedError
+
+    def rendered(self, call: protocol.Call, render: Callable[[Any], Rendered], value: Any,
+                 callback: Callable[[], Any] | None) -> Outcome:
+        """The handler's value as a response; one it cannot be turned into is a 500 naming why."""
+        try:
+            status, headers, out = render(value)
+        except RenderError as exc:
+            self.log.error("handler_result_invalid", error=str(exc), request_id=call.rid)
+            return 500, JSON, error_body(self.api, str(exc)), None
+        return status, headers, out, callback
 
     def failure(self, call: protocol.Call, exc: Exception) -> Outcome:
         if isinstance(exc, PayloadError):

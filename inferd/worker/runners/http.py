@@ -11,7 +11,7 @@ from inferd.payload import PayloadError, is_form, parse_form, parse_payload
 from inferd.worker import protocol
 from inferd.worker.batching import Batcher
 from inferd.worker.handler_class import BoundMethod, http_methods
-from inferd.worker.render import JSON, RenderError, error_body, render, split_callback
+from inferd.worker.render import JSON, error_body, render, split_callback
 from inferd.worker.runners.base import CallRunner, Outcome
 
 
@@ -57,12 +57,7 @@ class HttpRunner(CallRunner):
 
     def outcome(self, call: protocol.Call, result: Any) -> Outcome:
         value, callback = split_callback(result)
-        try:
-            status, headers, out = render(value)
-        except RenderError as exc:
-            self.log.error("handler_result_invalid", error=str(exc), request_id=call.rid)
-            return 500, JSON, error_body(self.api, str(exc)), None
-        return status, headers, out, callback
+        return self.rendered(call, render, value, callback)
 
     # -- server-side batching ----------------------------------------------------------------
 
