@@ -7,6 +7,7 @@ import asyncio
 import ctypes
 import faulthandler
 import os
+import resource
 import signal
 import sys
 
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _ignore)
     # SIGABRT (sent by the daemon to a worker it found hung) dumps every thread's stack to
-    # stderr, which the daemon logs: the operator sees where the handler was stuck.
+    # stderr, which the daemon logs: the operator sees where the handler was stuck. No core
+    # file: a worker holding a model in memory would write gigabytes for nobody.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     faulthandler.enable(all_threads=True)
     if args.heartbeat_fd >= 0:
         answer_heartbeats(args.heartbeat_fd)
