@@ -6,6 +6,8 @@ import asyncio
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inferd.worker import protocol
 from inferd.worker.ipc import FrameProtocol, encode_frame
@@ -65,3 +67,23 @@ def test_encoding_never_mutates_or_shares_the_callers_data() -> None:
 def test_every_message_type_is_registered_once() -> None:
     tags = [cls.TAG for cls in protocol.MESSAGES.values()]
     assert len(tags) == len(set(tags)) == 14
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                           max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tag=st.sampled_from([*protocol.MESSAGES, "bogus"]),
+       fields=st.dictionaries(st.sampled_from(["id", "rid", "verb", "status", "h", "n", "m", "md", "code", "name",
+                                               "kind", "value", "api", "runner", "pid", "error", "deadline"]),
+                              json_values, max_size=8),
+       body=st.binary(max_size=16))
+def test_any_frame_decodes_to_a_message_or_a_protocol_error(tag: str, fields: dict, body: bytes) -> None:
+    """A peer's garbage never surfaces as anything but ProtocolError (the channel's to handle)."""
+    try:
+        message = protocol.decode({"t": tag, **fields}, body)
+    except protocol.ProtocolError:
+        return
+    assert type(message).TAG == tag

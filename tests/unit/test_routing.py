@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from inferd.http.routing import DuplicateRoute, Mount, Route, RouteTable
 
@@ -34,3 +36,19 @@ def test_two_apis_on_one_path_are_refused() -> None:
         RouteTable([Route("/a", app_a), Route("/a/", app_b)])
     with pytest.raises(DuplicateRoute):
         RouteTable([Mount("/m", app_a), Mount("/m/", app_b)])
+
+
+@given(path=st.text(alphabet="/abv2-_.%x", max_size=30))
+def test_any_path_routes_as_the_plain_rule_says(path: str) -> None:
+    """Exact route first, else the longest mount that is the path or a parent of it."""
+    table = RouteTable([Route("/a", app_a), Mount("/v2/x", app_b), Mount("/v2", app_c)])
+    clean = path.rstrip("/") or "/"
+    expected: tuple[object, str] = (None, "")
+    if clean == "/a":
+        expected = (app_a, "")
+    else:
+        for prefix, app in (("/v2/x", app_b), ("/v2", app_c)):
+            if clean == prefix or clean.startswith(prefix + "/"):
+                expected = (app, clean[len(prefix) + 1:])
+                break
+    assert table.match(path) == expected
