@@ -74,6 +74,22 @@ class RpcBridge:
         if code != 0:
             await context.abort(status, details)
 
+    async def _single(self, call: StreamCall, context: grpc.aio.ServicerContext) -> bytes | None:
+        """The one reply, within handler.request_timeout when the API sets one: past it the
+        client gets DEADLINE_EXCEEDED and the stuck worker is replaced."""
+        timeout = self.pool.config.request_timeout
+        if timeout is None:
+            return await call.single()
+        try:
+            return await asyncio.wait_for(call.single(), timeout)
+        except TimeoutError:
+            reason = f"request exceeded handler.request_timeout ({timeout:g}s)"
+            call.abort_worker(reason)
+            if self.recorder is not None:
+                self.recorder.observe("DEADLINE_EXCEEDED", timeout)
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"api '{self.api}': {reason}; its worker is being replaced")
+            raise  # abort raises; this line only satisfies the type checker
+
     async def _feed(self, call: StreamCall, requests: AsyncIterator[bytes]) -> None:
         async for body in requests:
             if not await call.send_input(body):
@@ -84,7 +100,7 @@ class RpcBridge:
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes | None:
             call = await self._open(method, context, request)
             try:
-                reply = await call.single()
+                reply = await self._single(call, context)
             finally:
                 call.cancel()  # no-op once finished; on a deadline or disconnect it stops the worker
             await self._close(call, context)
@@ -107,7 +123,7 @@ class RpcBridge:
             call = await self._open(method, context, b"")
             feeder = asyncio.get_running_loop().create_task(self._feed(call, requests))
             try:
-                reply = await call.single()
+                reply = await self._single(call, context)
             finally:
                 feeder.cancel()
                 call.cancel()

@@ -204,7 +204,7 @@ class WorkerProcess:
         if self._channel is None or self.state != "ready":
             raise WorkerGone(f"worker of api '{self.api}' is not ready")
         call_id = next(self._ids)
-        stream = StreamCall(call_id, self._send, self._stream_finished)
+        stream = StreamCall(call_id, self._send, self._stream_finished, self.abort)
         self._streams[call_id] = stream
         self.in_flight += 1
         self._send(dataclasses.replace(opened, id=call_id))

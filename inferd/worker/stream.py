@@ -21,10 +21,12 @@ _END = object()
 
 
 class StreamCall:
-    def __init__(self, call_id: int, send: Send, on_finished: Callable[[int], None]) -> None:
+    def __init__(self, call_id: int, send: Send, on_finished: Callable[[int], None],
+                 abort_worker: Callable[[str], None] = lambda reason: None) -> None:
         self.id = call_id
         self._send = send
         self._on_finished = on_finished
+        self.abort_worker = abort_worker  # the handler is stuck: replace the worker running it
         self._messages: asyncio.Queue[Any] = asyncio.Queue()
         self._credit = WINDOW
         self._credit_changed = asyncio.Event()

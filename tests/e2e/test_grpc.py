@@ -336,3 +336,26 @@ def test_reload_under_grpc_load_fails_no_call(tmp_path: Path, start_daemon, pb) 
     assert result.returncode == 0, result.stderr
     assert [o for o in outcomes if o.startswith("error")] == []
     assert outcomes[0] == "V" and outcomes[-1] == "V2"
+
+
+def test_request_timeout_answers_deadline_exceeded_and_replaces_the_worker(tmp_path: Path, start_daemon) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(PROJECTS / "grpc", project)
+    config = project / "cortex.yaml"
+    config.write_text(config.read_text().replace("    threads_per_process: 8\n",
+                                                 "    threads_per_process: 8\n    request_timeout: 1\n"))
+    daemon = start_daemon(project)
+    daemon.wait_ready()
+    stuck = daemon.api("predictor")["workers"][0]["pid"]
+    slow = grpcurl_call(daemon, "predictor.Predictor/Predict", '{"text": "hi", "delay": 60}')
+    assert slow.returncode != 0
+    error = json.loads(slow.stderr)
+    assert error["code"] == grpc.StatusCode.DEADLINE_EXCEEDED.value[0] and "request_timeout" in error["message"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        workers = daemon.api("predictor")["workers"]
+        if workers and workers[0]["pid"] != stuck and workers[0]["state"] == "ready":
+            break
+        time.sleep(0.1)
+    fast = grpcurl_call(daemon, "predictor.Predictor/Predict", '{"text": "hi"}')
+    assert fast.returncode == 0 and json.loads(fast.stdout)["text"] == "HI", fast.stderr
