@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from async_bare_app import INSERT as BARE_INSERT  # noqa: E402
-from async_bare_app import create as create_bare_db
+from async_bare_app import create as create_bare_db  # noqa: E402
 from realtime import UNITS, free_port  # noqa: E402
 from realtime import stop as stop_group  # noqa: E402
 

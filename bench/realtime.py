@@ -1,12 +1,16 @@
 """RealtimeAPI benchmarks: inferd vs a bare server calling the same handler in-process.
 
-    python bench/realtime.py [--case http|grpc|all] [--duration 10] [--connections 32]
+    python bench/realtime.py [--case http|bytes|grpc|all] [--duration 10] [--connections 32] [--rounds 1]
 
 http: a no-op JSON handler behind inferd vs the same handler in a bare starlette app on
-uvicorn, both loaded by wrk. grpc: a no-op unary RPC behind inferd vs a bare grpc.aio server,
-both loaded by bench/grpc_load.py. Both sides of a case run in this one invocation at the same
-concurrency, so the ratio means something on a shared, noisy machine even when absolute
-numbers do not.
+uvicorn, both loaded by wrk. bytes: 1 MiB application/octet-stream POST bodies to a handler
+that answers {"n": len(payload)}, same pairing. grpc: a no-op unary RPC behind inferd vs a
+bare grpc.aio server, both loaded by bench/grpc_load.py (or h2load). Both sides of a case run
+in this one invocation at the same concurrency, so the ratio means something on a shared,
+noisy machine even when absolute numbers do not.
+
+inferd (the daemon and, through PYTHONPATH, its workers) runs from the tree this script lives
+in, not from whatever copy of the package is installed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +32,11 @@ from pathlib import Path
 import httpx
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 LUA = 'wrk.method = "POST"\nwrk.body = \'{"n": 1}\'\nwrk.headers["Content-Type"] = "application/json"\n'
+BYTES_SIZE = 1 << 20
+BYTES_LUA = (f'wrk.method = "POST"\nwrk.body = string.rep("x", {BYTES_SIZE})\n'
+             'wrk.headers["Content-Type"] = "application/octet-stream"\n')
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -49,12 +58,12 @@ def wait_for(url: str, timeout: float = 60) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-def make_project(root: Path) -> Path:
-    project = root / "project"
+def make_project(root: Path, api: str = "noop", handler: str = "noop_handler.py") -> Path:
+    project = root / f"project-{api}"
     project.mkdir()
-    shutil.copy(HERE / "noop_handler.py", project / "handler.py")
+    shutil.copy(HERE / handler, project / "handler.py")
     (project / "cortex.yaml").write_text(
-        "- name: noop\n  kind: RealtimeAPI\n  handler:\n    type: python\n    path: handler.py\n"
+        f"- name: {api}\n  kind: RealtimeAPI\n  handler:\n    type: python\n    path: handler.py\n"
     )
     return project
 
@@ -69,7 +78,10 @@ def run_wrk(url: str, args: argparse.Namespace, script: Path) -> dict[str, float
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    # this tree first, for the daemon and (inherited through the environment) its workers
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env, cwd=ROOT)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -80,40 +92,60 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def print_case(title: str, results: dict[str, dict[str, float]], target: float) -> None:
-    print(f"\n{title}, {os.cpu_count()} CPUs\n")
+def print_case(title: str, rounds: list[dict[str, dict[str, float]]], target: float) -> None:
+    """One table; with several rounds, each column is the median over the rounds, and so is the ratio."""
+    print(f"\n{title}, {os.cpu_count()} CPUs" + (f", median of {len(rounds)} rounds" if len(rounds) > 1 else "") + "\n")
     print(f"{'server':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>8}")
-    for name, r in results.items():
-        print(f"{name:<8} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>8}")
-    ratio = results["inferd"]["rps"] / results["bare"]["rps"]
-    overhead = results["inferd"]["p50"] - results["bare"]["p50"]
-    print(f"\ninferd/bare throughput ratio: {ratio:.2f}x (target >= {target:.2f})")
+    for name in rounds[0]:
+        r = {key: statistics.median(one[name][key] for one in rounds) for key in ("rps", "p50", "p99")}
+        errors = sum(one[name]["errors"] for one in rounds)
+        print(f"{name:<8} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {errors:>8}")
+    ratios = [one["inferd"]["rps"] / one["bare"]["rps"] for one in rounds]
+    overhead = statistics.median(one["inferd"]["p50"] - one["bare"]["p50"] for one in rounds)
+    each = f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)})" if len(rounds) > 1 else ""
+    print(f"\ninferd/bare throughput ratio: {statistics.median(ratios):.2f}x (target >= {target:.2f}){each}")
     print(f"p50 overhead: {overhead:+.2f} ms")
 
 
-def http_case(root: Path, args: argparse.Namespace) -> None:
+def wrk_pair(root: Path, args: argparse.Namespace, api: str, handler: str,
+             lua: str) -> list[dict[str, dict[str, float]]]:
+    """inferd serving ``handler`` as API ``api`` vs bare_app.py's route of the same name, under wrk;
+    ``--rounds`` times, the order of the two swapped every round."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
-    script = root / "post.lua"
-    script.write_text(LUA)
-    project = make_project(root)
+    script = root / f"{api}.lua"
+    script.write_text(lua)
+    project = make_project(root, api, handler)
     inferd_port, bare_port = free_port(), free_port()
     inferd = start([sys.executable, "-m", "inferd", "run", "--project", str(project), "--port", str(inferd_port),
-                    "--grpc-port", str(free_port()), "--state-dir", str(root / "state"), "--log-level", "warning"],
-                   root / "inferd.log")
-    bare = start([sys.executable, str(HERE / "bare_app.py"), str(bare_port), str(HERE)], root / "bare.log")
-    results = {}
+                    "--grpc-port", str(free_port()), "--state-dir", str(root / f"state-{api}"),
+                    "--log-level", "warning"], root / f"inferd-{api}.log")
+    bare = start([sys.executable, str(HERE / "bare_app.py"), str(bare_port), str(HERE)], root / f"bare-{api}.log")
+    rounds = []
     try:
-        targets = {"inferd": f"http://127.0.0.1:{inferd_port}/noop", "bare": f"http://127.0.0.1:{bare_port}/noop"}
+        targets = {"inferd": f"http://127.0.0.1:{inferd_port}/{api}", "bare": f"http://127.0.0.1:{bare_port}/{api}"}
         for url in targets.values():
             wait_for(url)
-        for name, url in targets.items():
             run_wrk(url, argparse.Namespace(threads=1, connections=4, duration=2), script)  # warm-up
-            results[name] = run_wrk(url, args, script)
+        for n in range(args.rounds):
+            order = list(targets) if n % 2 == 0 else list(reversed(targets))
+            results = {name: run_wrk(targets[name], args, script) for name in order}
+            rounds.append({name: results[name] for name in targets})
     finally:
         stop(inferd)
         stop(bare)
-    print_case(f"HTTP no-op JSON POST, wrk -t{args.threads} -c{args.connections} -d{args.duration}s", results, 0.7)
+    return rounds
+
+
+def http_case(root: Path, args: argparse.Namespace) -> None:
+    rounds = wrk_pair(root, args, "noop", "noop_handler.py", LUA)
+    print_case(f"HTTP no-op JSON POST, wrk -t{args.threads} -c{args.connections} -d{args.duration}s", rounds, 0.7)
+
+
+def bytes_case(root: Path, args: argparse.Namespace) -> None:
+    rounds = wrk_pair(root, args, "bytes", "bytes_handler.py", BYTES_LUA)
+    print_case(f"HTTP 1 MiB application/octet-stream POST, wrk -t{args.threads} -c{args.connections} "
+               f"-d{args.duration}s", rounds, 0.8)
 
 
 def grpc_stubs(root: Path) -> Path:
@@ -172,36 +204,43 @@ def grpc_case(root: Path, args: argparse.Namespace) -> None:
                    root / "inferd-grpc.log")
     bare = start([sys.executable, str(HERE / "bare_grpc.py"), str(grpc_stubs(root)), str(bare_port), str(HERE)],
                  root / "bare-grpc.log")
-    results = {}
+    rounds = []
     try:
         targets = {"inferd": f"127.0.0.1:{inferd_port}", "bare": f"127.0.0.1:{bare_port}"}
         for address in targets.values():
             wait_for_grpc(address)
+            run_grpc_load(address, 4, 1)  # warm-up, and a real grpc client proves the call succeeds
         body = root / "grpc_frame.bin"
         body.write_bytes(GRPC_FRAME)
         h2load = shutil.which("h2load") is not None
-        for name, address in targets.items():
-            run_grpc_load(address, 4, 1)  # warm-up, and a real grpc client proves the call succeeds
-            results[name] = run_h2load(address, args, body) if h2load else \
-                run_grpc_load(address, args.connections, args.duration)
+        for n in range(args.rounds):
+            order = list(targets) if n % 2 == 0 else list(reversed(targets))
+            results = {name: run_h2load(targets[name], args, body) if h2load else
+                       run_grpc_load(targets[name], args.connections, args.duration) for name in order}
+            rounds.append({name: results[name] for name in targets})
     finally:
         stop(inferd)
         stop(bare)
-    client = "h2load (p50 column = mean, p99 column = max)" if h2load else "grpc.aio client (apt-get install nghttp2-client for h2load)"
-    print_case(f"gRPC no-op unary, {args.connections} concurrent streams for {args.duration}s, {client}", results, 0.6)
+    client = ("h2load (p50 column = mean, p99 column = max)" if h2load
+              else "grpc.aio client (apt-get install nghttp2-client for h2load)")
+    print_case(f"gRPC no-op unary, {args.connections} concurrent streams for {args.duration}s, {client}", rounds, 0.6)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=("http", "grpc", "all"), default="all")
+    parser.add_argument("--case", choices=("http", "bytes", "grpc", "all"), default="all")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each pair this many times, alternating which goes first; report medians")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.case in ("http", "all"):
             http_case(root, args)
+        if args.case in ("bytes", "all"):
+            bytes_case(root, args)
         if args.case in ("grpc", "all"):
             grpc_case(root, args)
 

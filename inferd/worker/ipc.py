@@ -10,9 +10,9 @@ into a fresh ``bytes`` per read that would then be appended and sliced again.  S
 are read into a reusable scratch buffer, several per read.  Once the header and meta of a
 frame with a large body are in, the remaining reads land directly in a buffer of the body's
 size, however many reads it takes; the only copy left is the final ``bytes`` handed to
-``on_frame``.  That buffer is kept for the next large body (up to KEEP_BODY): allocating two
-fresh MiB-sized blocks per frame and freeing both made glibc hand the memory back to the
-kernel every time, and page-faulting it in again cost more than all the copies.
+``on_frame``.  That buffer is kept for the next large body (up to KEEP_BODY): fresh MiB-sized
+blocks allocated and freed per frame made glibc hand the memory back to the kernel again and
+again, and page-faulting it back in cost more than all the copies.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def encode_frame(meta: dict[str, Any], body: bytes = b"") -> tuple[bytes, bytes]
 def channel_pair() -> tuple[socket.socket, socket.socket]:
     """The daemon-worker channel: a connected AF_UNIX stream pair.
 
-    The kernel's default socket buffers (~200 KiB) are kept on purpose: with 1-8 MiB ones a
-    MiB-sized body was written in one go but read back cold, long after, and the daemon
-    page-faulted far more; 1 MiB bodies went through at about 0.75x the rate of the defaults."""
+    The kernel's default socket buffers (~200 KiB) are kept on purpose. Measured with 1 MiB
+    request bodies, 1-4 MiB buffers let the daemon write a body in one go but cost it more CPU
+    per request (far more page faults) and lowered throughput to 0.75-0.9x of the defaults."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
 
@@ -96,6 +96,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._body is not None:
             return self._body[self._filled:]
+        if not self._end:
+            return self._view  # the usual case: everything so far parsed, the whole buffer free
         if len(self._buf) - self._end < MIN_READ:
             self._make_room()
         return self._view[self._end:]
@@ -123,30 +125,40 @@ class FrameProtocol(asyncio.BufferedProtocol):
             view = view[n:]
 
     def _parse(self) -> None:
-        view, start, end = self._view, self._start, self._end
-        while end - start >= PREFIX.size and not self._closed:
-            meta_len, body_len = PREFIX.unpack_from(view, start)
+        buf, start, end = self._buf, self._start, self._end
+        unpack, prefix, on_frame = PREFIX.unpack_from, PREFIX.size, self._on_frame
+        while end - start >= prefix:
+            meta_len, body_len = unpack(buf, start)
             if meta_len > MAX_META or body_len > MAX_BODY:
                 self._fail(FrameError(f"frame too large: meta {meta_len} body {body_len}"))
                 return
-            meta_start = start + PREFIX.size
+            meta_start = start + prefix
             body_start = meta_start + meta_len
             frame_end = body_start + body_len
             if frame_end > end and (body_len < LARGE_BODY or body_start > end):
                 break  # wait for more: a small frame whole, a large one up to the end of its meta
-            meta = self._decode_meta(view[meta_start:body_start])
-            if meta is None:
+            try:
+                meta = _loads(buf[meta_start:body_start])
+            except ValueError as exc:  # UnicodeDecodeError included
+                self._fail(FrameError(f"bad frame meta: {exc}"))
+                return
+            if type(meta) is not dict:
+                self._fail(FrameError(f"bad frame meta: a JSON {type(meta).__name__}, not an object"))
                 return
             if frame_end > end:  # a large body, partly here: the rest is read straight into its buffer
-                self._start_body(meta, view[body_start:end], body_len)
                 self._start = self._end = 0
+                self._start_body(meta, self._view[body_start:end], body_len)
                 return
-            start = frame_end
-            self._start = start
-            self._deliver(meta, bytes(view[body_start:frame_end]) if body_len else b"")
+            start = self._start = frame_end
+            try:
+                on_frame(meta, bytes(self._view[body_start:frame_end]) if body_len else b"")
+            except Exception as exc:  # noqa: BLE001 - one bad frame handler must not kill the channel
+                log.error("frame_handler_failed", kind=meta.get("t"), exc_info=exc)
+            if self._closed:
+                return
         if start == end:
             start = end = 0
-            if len(self._buf) > SCRATCH:  # grown for one huge meta: give the memory back
+            if len(buf) > SCRATCH:  # grown for one huge meta: give the memory back
                 self._buf = bytearray(SCRATCH)
                 self._view = memoryview(self._buf)
         self._start, self._end = start, end
@@ -186,10 +198,10 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     def _yield_reading(self) -> None:
         """Read nothing more until the loop has run what this frame started (the handler call
-        it scheduled).  Otherwise one read callback could pull every large body the peer has
-        queued (the socket buffers hold several MiB) before any is handled and freed: the heap
-        then grows by MiBs and is trimmed back every time, and page faults cost more than all
-        the copying.  The frames wait in the socket buffer meanwhile, as they would anyway."""
+        it scheduled), then go on.  Without this pause the next large body was read, and more
+        memory kept alive, before this one was handled and freed; with 1 MiB bodies the worker
+        page-faulted more and served fewer requests.  The next frames wait in the socket
+        buffer meanwhile."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -199,16 +211,6 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def _resume_reading(self, transport: asyncio.Transport) -> None:
         if not self._closed and not transport.is_closing():
             transport.resume_reading()
-
-    def _decode_meta(self, raw: memoryview) -> dict[str, Any] | None:
-        try:
-            meta = _loads(bytes(raw))
-            if not isinstance(meta, dict):
-                raise ValueError(f"meta is a JSON {type(meta).__name__}, not an object")
-        except ValueError as exc:  # UnicodeDecodeError included
-            self._fail(FrameError(f"bad frame meta: {exc}"))
-            return None
-        return meta
 
     def _deliver(self, meta: dict[str, Any], body: bytes) -> None:
         try:
