@@ -13,7 +13,7 @@ import uuid
 
 from starlette.types import Receive, Scope, Send
 
-from inferd.http.body import BodyTooLarge, ClientGone, read_body, send_too_large
+from inferd.http.body import BodyTooLarge, ClientGone, read_body_parts, send_too_large
 from inferd.http.responses import send_bytes, send_error
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
@@ -88,14 +88,15 @@ class RealtimeEndpoint:
                              [(b"allow", allow.encode()), rid_header])
             return 405
         try:
-            body = await read_body(receive, self.max_body_size, length)
+            body = await read_body_parts(receive, self.max_body_size, length)
         except BodyTooLarge:
             await send_too_large(send, self.api, self.max_body_size, [rid_header])
             return 413
         except ClientGone:
             return 0
         headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]] if "headers" in wants else None
-        call = protocol.Call(0, rid, verb, content_type, scope["query_string"].decode("latin-1"), headers, body)
+        call = protocol.Call(0, rid, verb, content_type, scope["query_string"].decode("latin-1"), headers,
+                             body[0] if len(body) == 1 else body)  # no piece, or several: sent as they are
         try:
             reply = await self.pool.call(call)
         except ApiUnavailable as exc:

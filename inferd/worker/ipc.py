@@ -47,8 +47,12 @@ class FrameError(Exception):
 
 def encode_frame(meta: dict[str, Any], body: bytes = b"") -> tuple[bytes, bytes]:
     """Header+meta in one buffer, body untouched: ``transport.writelines`` sends both."""
+    return encode_head(meta, len(body)), body
+
+
+def encode_head(meta: dict[str, Any], body_len: int) -> bytes:
     meta_bytes = _dumps(meta).encode()
-    return PREFIX.pack(len(meta_bytes), len(body)) + meta_bytes, body
+    return PREFIX.pack(len(meta_bytes), body_len) + meta_bytes
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:
@@ -232,15 +236,18 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     # -- sending -----------------------------------------------------------------------------
 
-    def send(self, meta: dict[str, Any], body: bytes = b"") -> bool:
+    def send(self, meta: dict[str, Any], body: bytes | list[bytes] = b"") -> bool:
+        """One frame; a body given as pieces (a request body as the server read it) is sent
+        as those pieces, never joined into a copy first."""
         if self.transport is None or self.transport.is_closing():
             return False
-        head, payload = encode_frame(meta, body)
-        if payload:
-            self.transport.writelines((head, payload))
+        if isinstance(body, list):
+            self.transport.writelines((encode_head(meta, sum(map(len, body))), *body))
+        elif body:
+            self.transport.writelines((encode_head(meta, len(body)), body))
         else:
-            self.transport.write(head)
+            self.transport.write(encode_head(meta, 0))
         return True
 
-    def send_threadsafe(self, meta: dict[str, Any], body: bytes = b"") -> None:
+    def send_threadsafe(self, meta: dict[str, Any], body: bytes | list[bytes] = b"") -> None:
         self._loop.call_soon_threadsafe(self.send, meta, body)

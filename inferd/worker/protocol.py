@@ -28,6 +28,7 @@ OK, CANCELLED, INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED = 0, 1, 13, 14, 4
 
 Meta = dict[str, Any]
 Headers = list[list[str]]
+Body = bytes | list[bytes]  # pieces are sent as they are and arrive as one bytes object
 
 
 class ProtocolError(ValueError):
@@ -105,9 +106,9 @@ class Call:
     content_type: str = ""
     query: str = ""
     headers: Headers | None = None  # only when the handler takes ``headers``
-    body: bytes = b""
+    body: Body = b""
 
-    def encode(self) -> tuple[Meta, bytes]:
+    def encode(self) -> tuple[Meta, Body]:
         meta: Meta = {"t": self.TAG, "id": self.id, "rid": self.rid, "verb": self.verb,
                       "ct": self.content_type, "q": self.query}
         if self.headers is not None:
@@ -117,6 +118,11 @@ class Call:
     @classmethod
     def decode(cls, meta: Meta, body: bytes) -> Call:
         return cls(meta["id"], meta["rid"], meta["verb"], meta.get("ct", ""), meta.get("q", ""), meta.get("h"), body)
+
+    @property
+    def data(self) -> bytes:
+        """The body in one piece (as received, a call's body is always one)."""
+        return self.body if isinstance(self.body, bytes) else b"".join(self.body)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ class AsyncJobRunner(CallRunner):
         values: dict[str, Any] = {}
         try:
             if "payload" in self.method.wants:
-                values["payload"] = parse_payload(call.content_type, call.body)
+                values["payload"] = parse_payload(call.content_type, call.data)
         except PayloadError as exc:
             return 400, JSON, error_body(self.api, str(exc)), None
         if "request_id" in self.method.wants:

@@ -46,9 +46,9 @@ class HttpRunner(CallRunner):
         wants = method.wants
         if "payload" in wants:
             if is_form(call.content_type):
-                values["payload"] = await parse_form(call.content_type, call.body, self.context.max_body_size)
+                values["payload"] = await parse_form(call.content_type, call.data, self.context.max_body_size)
             else:
-                values["payload"] = parse_payload(call.content_type, call.body)
+                values["payload"] = parse_payload(call.content_type, call.data)
         if "query_params" in wants:
             values["query_params"] = QueryParams(call.query)
         if "headers" in wants:
