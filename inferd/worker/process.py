@@ -9,7 +9,6 @@ port another user could reach.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import json
 import os
@@ -185,6 +184,14 @@ class WorkerProcess:
         if self._channel is not None:
             self._channel.send(*message.encode())
 
+    def _send_call(self, message: protocol.Call | protocol.Open, call_id: int) -> None:
+        """The caller's message, under this channel's id for it (the message itself is not
+        changed: the caller may hold it, e.g. to retry it elsewhere)."""
+        if self._channel is not None:
+            meta, body = message.encode()
+            meta["id"] = call_id
+            self._channel.send(meta, body)
+
     async def call(self, call: protocol.Call) -> Response:
         if self._channel is None or self.state != "ready":
             raise WorkerGone(f"worker of api '{self.api}' is not ready")
@@ -193,7 +200,7 @@ class WorkerProcess:
         self._pending[call_id] = future
         self.in_flight += 1
         try:
-            self._send(dataclasses.replace(call, id=call_id))
+            self._send_call(call, call_id)
             return await future
         finally:
             self.in_flight -= 1
@@ -207,7 +214,7 @@ class WorkerProcess:
         stream = StreamCall(call_id, self._send, self._stream_finished, self.abort)
         self._streams[call_id] = stream
         self.in_flight += 1
-        self._send(dataclasses.replace(opened, id=call_id))
+        self._send_call(opened, call_id)
         return stream
 
     def _stream_finished(self, call_id: int) -> None:

@@ -1,8 +1,9 @@
 """The worker protocol: every message between the daemon and a worker, typed, with its encoding.
 
 Nothing else builds or reads frames. A frame is a small JSON meta object (``"t"`` names the
-message) plus an opaque body (``inferd.worker.ipc`` carries them). Each message here is a frozen
-dataclass with ``encode() -> (meta, body)``; ``decode(meta, body)`` turns a received frame back
+message) plus an opaque body (``inferd.worker.ipc`` carries them). Each message here is a slotted
+dataclass (not frozen: its constructor is on the hot path, and frozen ones cost 3x) with
+``encode() -> (meta, body)``; ``decode(meta, body)`` turns a received frame back
 into one. A message that is not in ``MESSAGES``, or lacks a field, raises ``ProtocolError``:
 the channel treats that like a corrupt frame, and the daemon refuses such input before it is
 ever sent (nothing a client sends can make a frame the other side cannot read).
@@ -35,7 +36,7 @@ class ProtocolError(ValueError):
     """A frame that is not a message of this protocol."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Init:
     """Daemon -> worker, first frame: everything needed to import and construct the Handler."""
 
@@ -64,7 +65,7 @@ class Init:
                    int(meta.get("max_body_size", 20 << 20)), meta.get("options") or {})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ready:
     """Worker -> daemon: the Handler is constructed; ``info`` is what the runner reports
     (for HTTP: each verb and the arguments its method takes)."""
@@ -81,7 +82,7 @@ class Ready:
         return cls(int(meta["pid"]), meta.get("info") or {})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InitFailed:
     TAG: ClassVar[str] = "init_failed"
     error: str
@@ -95,7 +96,7 @@ class InitFailed:
         return cls(str(meta["error"]), str(meta.get("traceback", "")))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """Daemon -> worker: one request/response call (an HTTP request, an async job)."""
 
@@ -125,7 +126,7 @@ class Call:
         return self.body if isinstance(self.body, bytes) else b"".join(self.body)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     """Worker -> daemon: the one answer to a ``Call``; ``callback`` says a callback waits for
     ``Sent`` (it runs only after the response has left)."""
@@ -145,7 +146,7 @@ class Reply:
         return cls(meta["id"], int(meta["status"]), meta["h"], bool(meta.get("cb")), body)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sent:
     """Daemon -> worker: the reply of call ``id`` has been sent; run its callback now."""
 
@@ -161,7 +162,7 @@ class Sent:
         return cls(meta["id"], meta.get("rid"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Open:
     """Daemon -> worker: start a streamed call of ``method`` (a gRPC RPC); ``body`` is the
     first input when the call has exactly one."""
@@ -185,7 +186,7 @@ class Open:
                    meta.get("deadline"), meta.get("peer", ""), body)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Chunk:
     """One streamed message of call ``id``, in either direction."""
 
@@ -201,7 +202,7 @@ class Chunk:
         return cls(meta["id"], body)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InputEnd:
     """Daemon -> worker: the client will send no more chunks for call ``id``."""
 
@@ -216,7 +217,7 @@ class InputEnd:
         return cls(meta["id"])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Credit:
     """Either direction: the receiver consumed ``n`` chunks of call ``id``; send that many more."""
 
@@ -232,7 +233,7 @@ class Credit:
         return cls(meta["id"], int(meta.get("n", 1)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cancel:
     """Daemon -> worker: the client went away or its deadline passed; stop producing."""
 
@@ -247,7 +248,7 @@ class Cancel:
         return cls(meta["id"])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class End:
     """Worker -> daemon: the last frame of a streamed call, with its status; a unary result
     rides in its body (one frame, one wake-up) when ``has_reply``."""
@@ -268,7 +269,7 @@ class End:
         return cls(meta["id"], int(meta.get("code", OK)), str(meta.get("details", "")), bool(meta.get("reply")), body)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Metric:
     """Worker -> daemon: one ``metrics_client`` observation."""
 
@@ -289,7 +290,7 @@ class Metric:
         return {"name": self.name, "kind": self.kind, "value": self.value, "tags": self.tags}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stop:
     """Daemon -> worker: finish what is in flight, run pending callbacks, then exit."""
 
