@@ -73,6 +73,8 @@ class ApiRuntime:
         info: dict[str, Any] = {"name": self.spec.name, "kind": self.spec.kind, "endpoint": self.endpoint,
                                 "protocol": "grpc" if self.compiled is not None else "http",
                                 "gpus_per_replica": self.spec.gpus_per_replica}
+        if self.kind is not None:
+            info.update(self.kind.describe(self))
         if self.pool is None:
             return {**info, "state": "failed", "error": self.error, "desired_workers": 0,
                     "ready_workers": 0, "restarts": 0, "workers": []}
@@ -115,6 +117,10 @@ class Kind:
         return ()
 
     def rpc_routes(self, front: Front) -> dict[str, grpc.RpcMethodHandler]:
+        return {}
+
+    def describe(self, runtime: ApiRuntime) -> dict[str, Any]:
+        """Fields this kind adds to the API's ``/-/apis`` entry (and ``inferd status <api>``)."""
         return {}
 
     async def status(self, runtime: ApiRuntime, context: KindContext) -> dict[str, Any]:

@@ -61,6 +61,14 @@ class RealtimeKind(Kind):
         settings = context.settings
         return RealtimeEndpoint(runtime.name, pool, settings.max_body_size, context.metrics, settings.max_header_size)
 
+    def describe(self, runtime: ApiRuntime) -> dict[str, Any]:
+        """What the API answers: its RPCs, or the HTTP verbs its Handler defines (once a worker
+        has reported them)."""
+        if runtime.compiled is not None:
+            return {"rpcs": [method.name for method in runtime.compiled.methods]}
+        info = runtime.pool.info if runtime.pool is not None else None
+        return {"verbs": [verb.upper() for verb in info["verbs"]]} if info else {}
+
     def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:
         if not isinstance(front, RealtimeEndpoint):
             return ()

@@ -250,6 +250,7 @@ def test_health_follows_readiness_and_http_api_coexists(daemon: RunningDaemon) -
     assert daemon.client.get("/web").json() == {"web": True}
     api = daemon.api("predictor")
     assert api["endpoint"] == "/predictor.Predictor" and api["protocol"] == "grpc"
+    assert api["rpcs"] == ["Predict", "Generate", "Sum", "Chat", "Info"]
     assert daemon.client.post("/predictor", json={}).status_code == 404
     metrics = daemon.client.get("/-/metrics").text
     assert 'inferd_requests_total{api="predictor",code="OK"}' in metrics

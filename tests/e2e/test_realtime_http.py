@@ -332,3 +332,8 @@ def test_oversized_headers_get_431_and_never_reach_the_worker(daemon: RunningDae
     assert after["restarts"] == before["restarts"]
     assert [w["pid"] for w in after["workers"]] == [w["pid"] for w in before["workers"]]
     assert daemon.client.post("/echo", json={"n": 1}).status_code == 200
+
+
+def test_apis_lists_what_each_api_answers(daemon: RunningDaemon) -> None:
+    assert daemon.api("echo")["verbs"] == ["POST", "GET", "PUT", "PATCH", "DELETE"]
+    assert daemon.api("batched")["verbs"] == ["POST"]
