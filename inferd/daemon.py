@@ -264,9 +264,11 @@ class Daemon:
         report, retiring = await apply_reload(self.deployment, project, protos, self._inventory(project),
                                               self.settings.ready_wait)
         self.project = project
-        self._route()
-        for runtime in retiring:
-            self._retiring.add(self._spawn(self._retire(runtime)))
+        try:
+            self._route()
+        finally:  # versions already out of the deployment must drain even if routing failed
+            for runtime in retiring:
+                self._retiring.add(self._spawn(self._retire(runtime)))
         return report
 
     async def _retire(self, runtime: ApiRuntime) -> None:

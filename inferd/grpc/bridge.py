@@ -75,13 +75,14 @@ class RpcBridge:
             await context.abort(status, details)
 
     async def _single(self, call: StreamCall, context: grpc.aio.ServicerContext) -> bytes | None:
-        """The one reply, within handler.request_timeout when the API sets one: past it the
-        client gets DEADLINE_EXCEEDED and the stuck worker is replaced."""
+        """A unary call's reply, within handler.request_timeout when the API sets one: past it
+        the client gets DEADLINE_EXCEEDED and the stuck worker is replaced."""
         timeout = self.pool.config.request_timeout
         if timeout is None:
             return await call.single()
         try:
-            return await asyncio.wait_for(call.single(), timeout)
+            async with asyncio.timeout(timeout):
+                return await call.single()
         except TimeoutError:
             reason = f"request exceeded handler.request_timeout ({timeout:g}s)"
             call.abort_worker(reason)
@@ -123,7 +124,7 @@ class RpcBridge:
             call = await self._open(method, context, b"")
             feeder = asyncio.get_running_loop().create_task(self._feed(call, requests))
             try:
-                reply = await self._single(call, context)
+                reply = await call.single()  # untimed: the client's upload time is not the handler's
             finally:
                 feeder.cancel()
                 call.cancel()

@@ -41,24 +41,35 @@ def answer_heartbeats(fd: int) -> threading.Thread:
 
 
 class HeartbeatMonitor(asyncio.Protocol):
-    """Daemon side of one worker's heartbeat socket: ``ping()`` sends a beat, ``last_seen``
-    is the monotonic time of the latest answer (or of the start)."""
+    """Daemon side of one worker's heartbeat socket: ``ping()`` sends a beat.
+
+    ``last_seen`` is "now" while every ping has been answered, else the time the oldest
+    unanswered ping was sent. Silence is thus counted from a question the worker failed to
+    answer, never from the daemon's own pause (a blocked loop, a stopped or swapped-out daemon
+    sends no pings, and must not find every worker hung when it wakes).
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self.last_seen = clock()
+        self._unanswered_since: float | None = None
         self.transport: asyncio.Transport | None = None
+
+    @property
+    def last_seen(self) -> float:
+        return self._clock() if self._unanswered_since is None else self._unanswered_since
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if PONG in data:
-            self.last_seen = self._clock()
+            self._unanswered_since = None
 
     def ping(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(PING)
+            if self._unanswered_since is None:
+                self._unanswered_since = self._clock()
 
     def close(self) -> None:
         if self.transport is not None:

@@ -184,7 +184,10 @@ class WorkerPool:
             if timeout is None:
                 return await worker.call(call)
             try:
-                return await asyncio.wait_for(worker.call(call), timeout)
+                # not wait_for: on 3.11 it runs the call in a new task that starts a loop turn
+                # later, so concurrent calls would all pass admission before in_flight counts them
+                async with asyncio.timeout(timeout):
+                    return await worker.call(call)
             except TimeoutError:
                 reason = f"request {call.rid} exceeded handler.request_timeout ({timeout:g}s)"
                 worker.abort(reason)

@@ -28,6 +28,8 @@ from inferd.worker.stream import StreamCall
 
 MetricSink = Callable[[dict[str, Any]], None]
 ABORT_GRACE = 2.0  # seconds between SIGABRT (traceback) and SIGKILL for a hung worker
+PUMP_DRAIN = 1.0   # seconds an exited worker's output may still take to reach the log
+EXIT_POLL = 0.5    # seconds between looks at a worker's exit status
 
 
 LINE_LIMIT = 1 << 20  # longer output lines are cut, never allowed to stop the pump
@@ -114,7 +116,6 @@ class WorkerProcess:
         finally:
             child_sock.close()
             beat_child.close()
-        self._heartbeat.last_seen = time.monotonic()
         self._pumps = [loop.create_task(self._pump(self._proc.stdout, "stdout")),
                        loop.create_task(self._pump(self._proc.stderr, "stderr"))]
         self._send(self._init)
@@ -127,17 +128,37 @@ class WorkerProcess:
 
     async def wait_exit(self) -> int | None:
         assert self._proc is not None
-        code = await self._proc.wait()
-        await asyncio.gather(*self._pumps, return_exceptions=True)
-        self._heartbeat.close()
+        code = await self._exit_code()
+        stopping, self.state = self.state == "stopping", "exited"
         reason = self._aborted or exit_reason(code)
+        # now, not at EOF of its pipes and sockets: a process the handler started may hold
+        # them open long after the worker itself is gone
         self._fail_pending(f"worker {self.pid} of api '{self.api}' {reason}")
+        if self._channel is not None and self._channel.transport is not None:
+            self._channel.transport.abort()
+        self._heartbeat.close()
+        _, late = await asyncio.wait(self._pumps, timeout=PUMP_DRAIN) if self._pumps else (None, set())
+        for pump in late:
+            pump.cancel()
         if self._aborted:
             self.error = self._aborted
-        elif self.error is None and self.state != "stopping" and self._last_stderr:
+        elif self.error is None and not stopping and self._last_stderr:
             # e.g. an import error before the handler could even report: show its last words
             self.error = f"worker {reason}: {self._last_stderr}"
-        self.state = "exited"
+        return code
+
+    async def _exit_code(self) -> int:
+        """The exit status as soon as the process is reaped. ``Process.wait()`` alone also waits
+        for its pipes to close, which a process the handler started can hold open for ever."""
+        assert self._proc is not None
+        waiter = asyncio.ensure_future(self._proc.wait())
+        try:
+            while not waiter.done() and self._proc.returncode is None:
+                await asyncio.wait({waiter}, timeout=EXIT_POLL)
+        finally:
+            waiter.cancel()
+        code = self._proc.returncode
+        assert code is not None
         return code
 
     async def stop(self, timeout: float) -> None:
@@ -147,11 +168,11 @@ class WorkerProcess:
         self.state = "stopping"
         self._send(protocol.Stop())
         try:
-            await asyncio.wait_for(asyncio.shield(self._proc.wait()), timeout)
+            await asyncio.wait_for(self._exit_code(), timeout)
         except TimeoutError:
             self.log.warning("worker_stop_timeout", pid=self.pid, timeout=timeout)
             self.kill()
-            await self._proc.wait()
+            await self._exit_code()
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)

@@ -25,6 +25,9 @@ class Handler:
         self.config = config
 
     def handle_post(self, payload):
+        if payload.get("sidecar"):  # a helper process that inherits the worker's stdout and stderr
+            import subprocess
+            return {"sidecar": subprocess.Popen(["sleep", "60"]).pid}
         if payload.get("sleep"):
             time.sleep(payload["sleep"])
         return {"pid": os.getpid(), "got": payload, "config": self.config}
@@ -82,11 +85,12 @@ def test_a_stopped_worker_is_silent_and_abort_fails_its_calls_with_the_reason(tm
     async def scenario() -> None:
         worker, pending = await busy_worker(tmp_path)
         os.kill(worker.pid, signal.SIGSTOP)
-        seen = worker.last_seen
+        worker.ping()
+        asked = worker.last_seen  # the time of the first unanswered ping
         await asyncio.sleep(0.3)
         worker.ping()
         await asyncio.sleep(0.3)
-        assert worker.last_seen == seen  # a stopped process answers nothing
+        assert worker.last_seen == asked  # a stopped process answers nothing
         started = time.monotonic()
         worker.abort("no heartbeat for 2s")
         with pytest.raises(WorkerGone, match="no heartbeat for 2s"):
@@ -106,5 +110,28 @@ def test_a_worker_killed_by_sigkill_says_out_of_memory(tmp_path: Path) -> None:
         with pytest.raises(WorkerGone, match="died while handling the request|killed by SIGKILL"):
             await pending
         assert await worker.wait_exit() == -signal.SIGKILL
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_worker_is_reported_at_once_even_if_its_child_keeps_the_pipes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        worker = start_worker(tmp_path)
+        await worker.start()
+        assert await worker.wait_ready()
+        sidecar = json.loads((await worker.call(post({"sidecar": True}))).body)["sidecar"]
+        try:
+            pending = asyncio.ensure_future(worker.call(post({"sleep": 30})))
+            await asyncio.sleep(0.2)
+            assert worker.pid is not None
+            os.kill(worker.pid, signal.SIGKILL)
+            started = time.monotonic()
+            assert await asyncio.wait_for(worker.wait_exit(), 10) == -signal.SIGKILL
+            with pytest.raises(WorkerGone, match="died while handling the request|killed by SIGKILL"):
+                await pending
+            assert time.monotonic() - started < 5 and worker.state == "exited"
+        finally:
+            os.kill(sidecar, signal.SIGKILL)
+            await asyncio.sleep(0.5)  # its end of the pipes closes; the transport can finish
 
     asyncio.run(scenario())

@@ -193,3 +193,55 @@ def test_the_first_ready_workers_report_is_the_pools() -> None:
             await pool.call(call())
 
     asyncio.run(scenario())
+
+
+def test_heartbeat_silence_counts_from_an_unanswered_ping_not_from_the_daemons_pause() -> None:
+    from inferd.worker.heartbeat import HeartbeatMonitor
+
+    now = [100.0]
+    monitor = HeartbeatMonitor(clock=lambda: now[0])
+    assert monitor.last_seen == 100.0
+    now[0] = 160.0  # the daemon slept a minute without pinging: nobody was asked anything
+    assert monitor.last_seen == 160.0
+    monitor.ping()  # no transport yet: nothing was sent, nothing is owed
+    now[0] = 200.0
+    assert monitor.last_seen == 200.0
+
+    class Transport:
+        sent = b""
+
+        def is_closing(self) -> bool:
+            return False
+
+        def write(self, data: bytes) -> None:
+            self.sent += data
+
+    monitor.connection_made(Transport())  # type: ignore[arg-type]
+    monitor.ping()
+    now[0] = 230.0
+    monitor.ping()
+    assert monitor.last_seen == 200.0  # silent since the first unanswered ping
+    monitor.data_received(b"oo")
+    assert monitor.last_seen == 230.0
+
+
+def test_many_calls_at_once_are_admitted_up_to_capacity_with_request_timeout_set() -> None:
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def slow(worker: FakeWorker, c: protocol.Call) -> Response:
+            await release.wait()
+            return Response(200, [], b"", None)
+
+        pool, _ = pool_of([FakeWorker(0, slow)], max_concurrency=1, request_timeout=60)
+        pool.start()
+        await pool.wait_all_ready(1)
+        results = asyncio.gather(*(pool.call(call(str(i))) for i in range(4)), return_exceptions=True)
+        await asyncio.sleep(0.05)
+        release.set()
+        outcomes = await results
+        assert sum(isinstance(o, Response) for o in outcomes) == 1
+        assert sum(isinstance(o, ApiUnavailable) for o in outcomes) == 3
+        await pool.stop(1)
+
+    asyncio.run(scenario())
