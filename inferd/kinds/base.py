@@ -9,6 +9,7 @@ kind's own module compares kind names.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +82,9 @@ class ApiRuntime:
         return {**info, **self.pool.describe(), "error": self.error or self.pool.error}
 
 
-class Kind:
-    """Defaults shared by the handler-generation kinds; each kind overrides what differs."""
+class Kind(ABC):
+    """Defaults shared by the handler-generation kinds; each kind must say how it runs
+    (``runner``) and what answers its requests (``front``), and overrides what else differs."""
 
     name: str = ""
     needs_store: bool = False
@@ -101,14 +103,14 @@ class Kind:
         """Calls one worker takes at once before the pool answers 503."""
         return api.autoscaling.max_replica_concurrency if api.autoscaling else 1024
 
+    @abstractmethod
     def runner(self, runtime: ApiRuntime, context: KindContext) -> tuple[str, dict[str, Any]]:
         """The worker-side runner (an import string under ``inferd.worker.runners``) and its options."""
-        raise NotImplementedError
 
+    @abstractmethod
     def front(self, runtime: ApiRuntime, context: KindContext, current: Front | None) -> Front | None:
         """The front for ``runtime``: ``current`` switched to its pool when it is this kind's,
         else a new one; None when the API cannot take requests."""
-        raise NotImplementedError
 
     def consumer(self, runtime: ApiRuntime, context: KindContext) -> QueueConsumer | None:
         return None
@@ -127,5 +129,6 @@ class Kind:
         """Fields this kind adds to ``inferd status`` (e.g. ``queue_length``)."""
         return {}
 
-    async def refresh_gauges(self, runtime: ApiRuntime, context: KindContext) -> None:
-        """Set the gauges this kind reports (read, not counted: queue lengths, job counts)."""
+    async def refresh_gauges(self, runtime: ApiRuntime, context: KindContext) -> None:  # noqa: B027 - optional
+        """Set the gauges this kind reports (read, not counted: queue lengths, job counts);
+        a kind with no such gauges keeps this default, which sets none."""

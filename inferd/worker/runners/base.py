@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ class WorkerContext:
     on_callback: Callable[[int, Callable[[], Any], str | None], None]  # run after ``Sent``
 
 
-class Runner:
+class Runner(ABC):
     """One kind of worker: binds the Handler's methods and answers the calls sent to it."""
 
     def __init__(self, context: WorkerContext, options: dict[str, Any]) -> None:
@@ -46,13 +47,14 @@ class Runner:
         """Constructor arguments this kind offers beyond ``config`` and ``metrics_client``."""
         return {}
 
+    @abstractmethod
     def bind(self, handler: Any) -> dict[str, Any]:
         """Resolve the handler's methods (raising ``HandlerLoadError`` for the operator);
         returns the ``Ready`` info the daemon's front needs."""
-        raise NotImplementedError
 
+    @abstractmethod
     def on_message(self, message: protocol.Message) -> None:
-        raise NotImplementedError
+        """A message for one of this runner's calls (Call, Open, Chunk, ...)."""
 
 
 class CallRunner(Runner):
@@ -75,8 +77,9 @@ class CallRunner(Runner):
             return
         self.reply(call, outcome)
 
+    @abstractmethod
     async def outcome_of(self, call: protocol.Call) -> Outcome:
-        raise NotImplementedError
+        """What the handler made of ``call``: status, headers, body, callback."""
 
     def reply(self, call: protocol.Call, outcome: Outcome) -> None:
         status, headers, out, callback = outcome
@@ -108,8 +111,9 @@ class CallRunner(Runner):
                 return self.failure(call, exc)
             return self.outcome(call, result)
 
+    @abstractmethod
     def outcome(self, call: protocol.Call, result: Any) -> Outcome:
-        raise NotImplementedError
+        """The handler's return value as the call's outcome (each kind renders its own way)."""
 
     def rendered(self, call: protocol.Call, render: Callable[[Any], Rendered], value: Any,
                  callback: Callable[[], Any] | None) -> Outcome:
