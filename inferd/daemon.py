@@ -154,13 +154,12 @@ class Daemon:
         port = sock.getsockname()[1]
         log.info("inferd_listening", host=self.settings.host, port=port, grpc_port=grpc_port,
                  control_socket=str(self.settings.control_socket))
-        await self._deploy(project, protos)
+        deployment = await self._deploy(project, protos)
         server = HttpServer(self.app, self.settings)
         await server.startup(sockets=[sock])
         serving = asyncio.get_running_loop().create_task(server.main_loop())
-        readiness = lambda: self.deployment.readiness() if self.deployment is not None else {}  # noqa: E731
-        for job in (self.grpc.follow_health(readiness, self._readiness_changed), self._announce_ready(),
-                    self._watchdog(), follow_gauges(self.metrics, lambda: self.deployment)):
+        for job in (self.grpc.follow_health(deployment.readiness, self._readiness_changed), self._announce_ready(),
+                    self._watchdog(), follow_gauges(self.metrics, deployment)):
             self._spawn(job)
         if self.watch:
             self._spawn(self._watch_project())
@@ -177,15 +176,17 @@ class Daemon:
         self.control = ControlServer(self.settings.control_socket, schema, target)
         await self.control.start()
 
-    async def _deploy(self, project: ProjectSpec, protos: dict[str, CompiledProto]) -> None:
+    async def _deploy(self, project: ProjectSpec, protos: dict[str, CompiledProto]) -> Deployment:
+        """The deployment, which lives as long as the daemon (reloads change what it runs)."""
         self.project = project
         await self._open_store(project)
-        self.deployment = Deployment(self.kind_context(), self.environ, on_change=self._readiness_changed.set,
-                                     on_log=self.logbook.add)
+        deployment = self.deployment = Deployment(self.kind_context(), self.environ,
+                                                  on_change=self._readiness_changed.set, on_log=self.logbook.add)
         digests = api_digests(project)
-        for runtime in self.deployment.build(project, protos, self._inventory(project), digests, digests).values():
-            self.deployment.install(runtime)
+        for runtime in deployment.build(project, protos, self._inventory(project), digests, digests).values():
+            deployment.install(runtime)
         self._route()
+        return deployment
 
     def _inventory(self, project: ProjectSpec) -> tuple[GpuDevice, ...]:
         return read_inventory() if any(api.gpus_per_replica for api in project.apis) else ()
@@ -203,7 +204,7 @@ class Daemon:
         self.store = await open_job_store(self.settings.state_dir / "async.db")
         self._spawn(sweep_forever(self.store, self.settings.async_retention_days, self.settings.async_sweep_interval))
         if self.deployment is not None:
-            self.deployment.set_store(self.kind_context())
+            self.deployment.set_context(self.kind_context())
 
     def _spawn(self, job: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(job)

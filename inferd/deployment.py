@@ -201,6 +201,6 @@ class Deployment:
             if runtime.kind is not None:
                 await runtime.kind.refresh_gauges(runtime, self.context)
 
-    def set_store(self, context: KindContext) -> None:
+    def set_context(self, context: KindContext) -> None:
         """A reload opened the job store (the first API that needs one arrived)."""
         self.context = context

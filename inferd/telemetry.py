@@ -4,7 +4,6 @@ GPU usage, refreshed on a timer."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from inferd.deployment import Deployment
 from inferd.gpu import read_usage
@@ -26,13 +25,11 @@ async def refresh_gauges(metrics: Metrics, deployment: Deployment) -> None:
             metrics.gpu_memory_total.labels(gpu).set(usage.memory_total)
 
 
-async def follow_gauges(metrics: Metrics, deployment: Callable[[], Deployment | None]) -> None:
+async def follow_gauges(metrics: Metrics, deployment: Deployment) -> None:
     """Refresh every ``REFRESH_INTERVAL`` seconds until cancelled; a failed round is retried."""
     while True:
-        current = deployment()
-        if current is not None:
-            try:
-                await refresh_gauges(metrics, current)
-            except Exception as exc:  # noqa: BLE001 - stale gauges beat no daemon
-                log.warning("gauge_refresh_failed", error=str(exc))
+        try:
+            await refresh_gauges(metrics, deployment)
+        except Exception as exc:  # noqa: BLE001 - stale gauges beat no daemon
+            log.warning("gauge_refresh_failed", error=str(exc))
         await asyncio.sleep(REFRESH_INTERVAL)

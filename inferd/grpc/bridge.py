@@ -18,7 +18,7 @@ from inferd.logs import get_logger
 from inferd.metrics import RequestRecorder
 from inferd.protos import RpcMethod
 from inferd.worker import protocol
-from inferd.worker.pool import ApiUnavailable, WorkerPool
+from inferd.worker.pool import ApiUnavailable, CallTimedOut, WorkerPool
 from inferd.worker.stream import StreamCall
 
 log = get_logger()
@@ -74,21 +74,15 @@ class RpcBridge:
         if code != 0:
             await context.abort(status, details)
 
-    async def _single(self, call: StreamCall, context: grpc.aio.ServicerContext) -> bytes | None:
-        """A unary call's reply, within handler.request_timeout when the API sets one: past it
-        the client gets DEADLINE_EXCEEDED and the stuck worker is replaced."""
-        timeout = self.pool.config.request_timeout
-        if timeout is None:
-            return await call.single()
+    async def _single(self, call: StreamCall, context: grpc.aio.ServicerContext, method: RpcMethod) -> bytes | None:
+        """A unary call's reply, bounded by handler.request_timeout like every other call: past
+        it the client gets DEADLINE_EXCEEDED and the stuck worker is replaced."""
         try:
-            async with asyncio.timeout(timeout):
-                return await call.single()
-        except TimeoutError:
-            reason = f"request exceeded handler.request_timeout ({timeout:g}s)"
-            call.abort_worker(reason)
+            return await self.pool.bounded(call.single(), call.abort_worker, f"RPC {method.name}")
+        except CallTimedOut as exc:
             if self.recorder is not None:
-                self.recorder.observe("DEADLINE_EXCEEDED", timeout)
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"api '{self.api}': {reason}; its worker is being replaced")
+                self.recorder.observe("DEADLINE_EXCEEDED", time.perf_counter() - call.started)
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
             raise  # abort raises; this line only satisfies the type checker
 
     async def _feed(self, call: StreamCall, requests: AsyncIterator[bytes]) -> None:
@@ -101,7 +95,7 @@ class RpcBridge:
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes | None:
             call = await self._open(method, context, request)
             try:
-                reply = await self._single(call, context)
+                reply = await self._single(call, context, method)
             finally:
                 call.cancel()  # no-op once finished; on a deadline or disconnect it stops the worker
             await self._close(call, context)

@@ -74,7 +74,7 @@ class WorkerChild:
             await asyncio.sleep(0)  # let the frame reach the transport buffer
             return EXIT_INIT_FAILED
         self.send(protocol.Ready(os.getpid(), info))
-        self.log.info("worker_ready", **{k: v for k, v in info.items() if k == "verbs"})
+        self.log.info("worker_ready", **info)
         return await self.done
 
     def load(self, init: protocol.Init) -> dict[str, Any]:
@@ -98,8 +98,7 @@ class WorkerChild:
         )
         self.runner = load_runner(init.runner)(context, init.options)
         cls = find_class(load_module(project / init.handler_path))
-        metrics = MetricsClient(lambda frame: self.send_threadsafe(
-            protocol.Metric(frame["name"], frame["kind"], frame["value"], frame["tags"])))
+        metrics = MetricsClient(self.send_threadsafe)
         # the init frame was decoded for this process alone: the config is already a private copy
         available = {"config": init.config, "metrics_client": metrics, **self.runner.constructor_args()}
         return self.runner.bind(construct(cls, available))

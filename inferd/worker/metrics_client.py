@@ -1,6 +1,6 @@
 """Cortex's ``metrics_client`` for handler code, recording into the daemon's Prometheus registry.
 
-Each call becomes one IPC frame; the daemon owns the registry and serves it at /-/metrics.
+Each call becomes one ``Metric`` message; the daemon owns the registry and serves it at /-/metrics.
 As in Cortex, names starting with ``cortex_`` or ``istio_`` are refused, and a failure to send
 never raises into handler code.
 """
@@ -8,11 +8,12 @@ never raises into handler code.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+
+from inferd.worker import protocol
 
 RESERVED_PREFIXES = ("cortex_", "istio_")
 
-Send = Callable[[dict[str, Any]], None]
+Send = Callable[[protocol.Metric], None]
 
 
 class MetricsClient:
@@ -31,9 +32,8 @@ class MetricsClient:
     def _record(self, kind: str, metric: str, value: float, tags: Mapping[str, str] | None) -> None:
         if metric.startswith(RESERVED_PREFIXES):
             raise ValueError(f"metric name {metric!r} is reserved: names may not start with cortex_ or istio_")
-        frame = {"t": "metric", "kind": kind, "name": metric, "value": float(value),
-                 "tags": {str(k): str(v) for k, v in (tags or {}).items()}}
+        message = protocol.Metric(metric, kind, float(value), {str(k): str(v) for k, v in (tags or {}).items()})
         try:
-            self._send(frame)
+            self._send(message)
         except Exception:  # noqa: BLE001 - metrics must never break a request
             pass

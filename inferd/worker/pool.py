@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from inferd.logs import get_logger
 from inferd.worker import protocol
 from inferd.worker.backend import BackendFactory, Response, WorkerBackend, WorkerGone, exit_reason
 from inferd.worker.stream import StreamCall
 
+T = TypeVar("T")
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 HEALTHY_AFTER = 10.0  # a worker that served this long restarts without backoff
@@ -179,21 +180,27 @@ class WorkerPool:
         return await self._call_on(await self._pick(), call)
 
     async def _call_on(self, worker: WorkerBackend, call: protocol.Call) -> Response:
-        timeout = self.config.request_timeout
         try:
-            if timeout is None:
-                return await worker.call(call)
-            try:
-                # not wait_for: on 3.11 it runs the call in a new task that starts a loop turn
-                # later, so concurrent calls would all pass admission before in_flight counts them
-                async with asyncio.timeout(timeout):
-                    return await worker.call(call)
-            except TimeoutError:
-                reason = f"request {call.rid} exceeded handler.request_timeout ({timeout:g}s)"
-                worker.abort(reason)
-                raise CallTimedOut(f"api '{self.api}': {reason}; its worker is being replaced") from None
+            return await self.bounded(worker.call(call), worker.abort, f"request {call.rid}")
         except WorkerGone as exc:
             raise WorkerDied(str(exc)) from None
+
+    async def bounded(self, answer: Awaitable[T], abort: Callable[[str], None], what: str) -> T:
+        """``answer`` within ``handler.request_timeout`` (when the API sets one); past it the
+        worker is aborted through ``abort`` and ``CallTimedOut`` raised. Every front's calls
+        (HTTP, async jobs, unary gRPC) are bounded here."""
+        timeout = self.config.request_timeout
+        if timeout is None:
+            return await answer
+        try:
+            # not wait_for: on 3.11 it runs the call in a new task that starts a loop turn
+            # later, so concurrent calls would all pass admission before in_flight counts them
+            async with asyncio.timeout(timeout):
+                return await answer
+        except TimeoutError:
+            reason = f"{what} exceeded handler.request_timeout ({timeout:g}s)"
+            abort(reason)
+            raise CallTimedOut(f"api '{self.api}': {reason}; its worker is being replaced") from None
 
     async def wait_all_ready(self, timeout: float) -> str | None:
         """Until every worker is ready (None), or why that will not happen (an error text)."""

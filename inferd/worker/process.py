@@ -74,6 +74,7 @@ class WorkerProcess:
         self.started_at = time.monotonic()
         self._heartbeat = HeartbeatMonitor()
         self._aborted: str | None = None
+        self._kill_timer: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Response]] = {}
         self._streams: dict[int, StreamCall] = {}
@@ -137,9 +138,12 @@ class WorkerProcess:
         if self._channel is not None and self._channel.transport is not None:
             self._channel.transport.abort()
         self._heartbeat.close()
-        _, late = await asyncio.wait(self._pumps, timeout=PUMP_DRAIN) if self._pumps else (None, set())
-        for pump in late:
-            pump.cancel()
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        if self._pumps:
+            _, late = await asyncio.wait(self._pumps, timeout=PUMP_DRAIN)
+            for pump in late:
+                pump.cancel()
         if self._aborted:
             self.error = self._aborted
         elif self.error is None and not stopping and self._last_stderr:
@@ -187,7 +191,7 @@ class WorkerProcess:
         self.log.error("worker_aborted", pid=self.pid, reason=reason)
         self._fail_pending(f"worker {self.pid} of api '{self.api}' was killed: {reason}")
         self._signal(signal.SIGABRT)
-        asyncio.get_running_loop().call_later(ABORT_GRACE, self._signal, signal.SIGKILL)
+        self._kill_timer = asyncio.get_running_loop().call_later(ABORT_GRACE, self._signal, signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
         if self._proc is not None and self._proc.returncode is None:
