@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from async_bare_app import INSERT as BARE_INSERT  # noqa: E402
 from async_bare_app import create as create_bare_db  # noqa: E402
-from realtime import UNITS, free_port  # noqa: E402
+from realtime import UNITS, free_port, start  # noqa: E402  (start runs inferd from this tree)
 from realtime import stop as stop_group  # noqa: E402
 
 from inferd.store import AsyncJobStore  # noqa: E402
@@ -86,11 +86,6 @@ function request() return wrk.format("GET", "/API/" .. ids[math.random(#ids)]) e
 
 
 # --- servers ---
-
-
-def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **(env or {})})
 
 
 def start_inferd(root: Path, state: Path, port: int) -> subprocess.Popen:

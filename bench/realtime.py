@@ -77,11 +77,11 @@ def run_wrk(url: str, args: argparse.Namespace, script: Path) -> dict[str, float
     return {"rps": rps, "p50": latency["50"], "p99": latency["99"], "errors": int(errors.group(1)) if errors else 0}
 
 
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
+def start(cmd: list[str], log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     # this tree first, for the daemon and (inherited through the environment) its workers
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env=env, cwd=ROOT)
+                            env={**env, **(extra_env or {})}, cwd=ROOT)
 
 
 def stop(proc: subprocess.Popen) -> None:
