@@ -8,13 +8,15 @@ included — happens in one place, in order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import resource
 import signal
 import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
@@ -26,6 +28,8 @@ from inferd.gpu import GpuDevice, read_inventory
 from inferd.grpc.server import GrpcServer
 from inferd.grpc.services import compile_project
 from inferd.http.app import InferdApp
+from inferd.http.hosts import host_policy
+from inferd.http.protocol import ConnectionLimits, IdleConnections, InferdHttpProtocol
 from inferd.http.system import system_app
 from inferd.jobs.lifecycle import open_job_store, sweep_forever
 from inferd.kinds import needs_store
@@ -68,15 +72,39 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 class HttpServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the daemon's loop owns signals."""
+    """uvicorn without its own signal handling (the daemon's loop owns signals), with inferd's
+    connection protocol (``inferd.http.protocol``) for size, time and connection limits."""
 
     def __init__(self, app: InferdApp, settings: Settings) -> None:
-        config = uvicorn.Config(app, loop="none", http="httptools", lifespan="off", log_config=None,
-                                access_log=False, server_header=False, proxy_headers=False,
+        limits = ConnectionLimits(settings.max_header_size, settings.header_timeout, settings.body_timeout,
+                                  settings.max_connections)
+        protocol = functools.partial(InferdHttpProtocol, limits=limits, idle=IdleConnections())
+        config = uvicorn.Config(app, loop="none", http=cast(type[asyncio.Protocol], protocol), lifespan="off",
+                                log_config=None, access_log=False, server_header=False, proxy_headers=False,
+                                timeout_keep_alive=settings.keepalive_timeout,  # type: ignore[arg-type]
                                 timeout_graceful_shutdown=int(settings.shutdown_grace_period) or 1)
         config.load()
         super().__init__(config)
         self.lifespan = config.lifespan_class(config)
+
+
+FILES_PER_WORKER = 8      # socket pairs, pipes and /proc reads a worker costs the daemon
+FILES_RESERVED = 256      # the store, gRPC, logs, the control socket
+
+
+def raise_file_limit(settings: Settings) -> None:
+    """Lift the soft open-files limit towards the hard one (as Go and nginx do), so open HTTP
+    connections up to ``max_connections`` never starve worker restarts of descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = settings.max_connections + FILES_RESERVED + 64 * FILES_PER_WORKER
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
+    if soft != resource.RLIM_INFINITY and soft < settings.max_connections + FILES_RESERVED:
+        log.warning("open_files_limit_low", limit=soft, max_connections=settings.max_connections,
+                    detail="raise LimitNOFILE= (systemd) or ulimit -n, or lower max_connections")
 
 
 def log_project(project: ProjectSpec) -> None:
@@ -106,7 +134,7 @@ class Daemon:
         self.logbook = LogBook()
         self.notifier = SystemdNotifier(self.environ)
         self.deployment: Deployment | None = None
-        self.app = InferdApp(system_app(self.describe_apis, self.metrics))
+        self.app = InferdApp(system_app(self.describe_apis, self.metrics), host_policy(settings.host, settings.allowed_hosts))
         self.events: asyncio.Queue[tuple[str, asyncio.Future[Any] | None]] = asyncio.Queue()
         self.grpc: GrpcServer | None = None
         self.control: ControlServer | None = None
@@ -133,6 +161,7 @@ class Daemon:
 
     async def run(self) -> int:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        raise_file_limit(self.settings)
         # created inside the running loop: grpc.aio binds to the loop current at construction
         self.grpc = GrpcServer(self.settings.host, self.settings.grpc_port, self.settings.max_body_size)
         try:
@@ -149,6 +178,10 @@ class Daemon:
         except OSError as exc:
             log.error("listen_failed", host=self.settings.host, port=self.settings.port,
                       grpc_port=self.settings.grpc_port, error=str(exc))
+            # a started grpc.aio server left to the garbage collector prints a traceback once the loop is closed
+            await self.grpc.stop(0)
+            if self.control is not None:
+                await self.control.stop()
             return EXIT_FAILED
         # the bound ports: with port 0 in the settings the kernel picked them (tests, side-by-side daemons)
         port = sock.getsockname()[1]

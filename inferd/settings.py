@@ -28,6 +28,11 @@ class Settings:
     runtime_dir: Path = Path("")   # control socket; default $RUNTIME_DIRECTORY or <state_dir>/run
     max_body_size: int = 20 * 1024 * 1024
     max_header_size: int = 64 * 1024      # request line and headers of one request; beyond it 431
+    header_timeout: float = 10.0           # seconds a client gets to send request line and headers
+    body_timeout: float = 30.0             # seconds a request body may stall between two reads
+    keepalive_timeout: float = 5.0         # seconds an idle keep-alive connection stays open
+    max_connections: int = 1000            # open HTTP connections; beyond it new ones get 503 and are closed
+    allowed_hosts: str = ""                # comma-separated Host names accepted besides loopback; "*" accepts any
     shutdown_grace_period: float = 30.0
     ready_wait: float = 30.0
     worker_liveness_timeout: float = 30.0  # a worker silent to heartbeats this long is killed and replaced
@@ -110,6 +115,11 @@ def _check(settings: Settings) -> Settings:
         raise SettingsError(f"max_body_size: must be >= 1 byte, got {settings.max_body_size}")
     if settings.max_header_size < 1024:
         raise SettingsError(f"max_header_size: must be >= 1024 bytes, got {settings.max_header_size}")
+    for name in ("header_timeout", "body_timeout", "keepalive_timeout"):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"{name}: must be > 0 seconds, got {getattr(settings, name)}")
+    if settings.max_connections < 1:
+        raise SettingsError(f"max_connections: must be >= 1, got {settings.max_connections}")
     if settings.worker_liveness_timeout <= 0:
         raise SettingsError(f"worker_liveness_timeout: must be > 0 seconds, got {settings.worker_liveness_timeout}")
     if settings.async_retention_days <= 0 or settings.async_sweep_interval <= 0:

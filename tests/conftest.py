@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -45,7 +45,7 @@ def pid_alive(pid: int) -> bool:
 
 class RunningDaemon:
     def __init__(self, project: Path, tmp: Path, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, preexec_fn: Callable[[], object] | None = None) -> None:
         self.project = project
         tmp.mkdir(parents=True, exist_ok=True)
         self.state_dir = tmp / "state"
@@ -55,7 +55,7 @@ class RunningDaemon:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("INFERD_")}
         full_env.update(env or {})
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, preexec_fn=preexec_fn)
         self.port, self.grpc_port = self._bound_ports()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = httpx.Client(base_url=self.url, timeout=30)

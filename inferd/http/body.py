@@ -45,6 +45,6 @@ async def read_body_parts(receive: Receive, limit: int, content_length: bytes | 
 
 
 async def send_too_large(send: Send, api: str, limit: int, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    # close: the rest of the oversized body is not read, so the connection cannot be reused
-    await send_error(send, 413, api, f"request body is larger than the limit of {limit} bytes",
-                     [*extra, (b"connection", b"close")])
+    # no "connection: close": the connection protocol reads and drops the rest of the body
+    # (bounded by body_timeout), so a client still sending sees this answer, not a reset
+    await send_error(send, 413, api, f"request body is larger than the limit of {limit} bytes", extra)

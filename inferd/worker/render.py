@@ -38,6 +38,8 @@ def render(result: Any) -> Rendered:
         return 200, TEXT, result.encode()
     try:
         return 200, JSON, _dumps(result).encode()
+    except RecursionError:
+        raise RenderError(f"handler returned a {type(result).__name__} nested too deeply to serialise as JSON") from None
     except (TypeError, ValueError) as exc:
         raise RenderError(f"handler returned a {type(result).__name__} that is not JSON-serialisable: {exc}") from None
 
@@ -48,6 +50,8 @@ def render_json(result: Any) -> Rendered:
         raise RenderError(f"handle_async returned {type(result).__name__}; it must return a JSON-serialisable value")
     try:
         return 200, JSON, _dumps(result).encode()
+    except RecursionError:
+        raise RenderError(f"handle_async returned a {type(result).__name__} nested too deeply to serialise as JSON") from None
     except (TypeError, ValueError) as exc:
         raise RenderError(f"handle_async returned a {type(result).__name__} that is not JSON-serialisable: {exc}") from None
 

@@ -175,10 +175,11 @@ def test_body_over_limit_is_413(tmp_path: Path, start_daemon) -> None:
     assert small.client.post("/echo", content=b"x" * 1000).status_code == 200
 
 
-def test_options_answers_cors(daemon: RunningDaemon) -> None:
-    response = daemon.client.options("/echo")
+def test_options_lists_the_verbs_and_no_cors(daemon: RunningDaemon) -> None:
+    response = daemon.client.options("/echo", headers={"origin": "https://any.example"})
     assert response.status_code == 204
-    assert response.headers["access-control-allow-origin"] == "*"
+    assert response.headers["allow"] == "POST, GET, PUT, PATCH, DELETE"
+    assert not [name for name in response.headers if name.startswith("access-control-")]
 
 
 # -- configuration reaching the worker --------------------------------------------------------------
@@ -321,8 +322,7 @@ def test_oversized_headers_get_431_and_never_reach_the_worker(daemon: RunningDae
     for headers in ({"content-type": huge}, {"x-filler": "b" * (70 << 10)}):
         response = daemon.client.post("/echo", content=b"{}", headers=headers)
         assert response.status_code == 431
-        body = response.json()
-        assert body["api"] == "echo" and "max_header_size" in body["error"]
+        assert "max_header_size" in response.json()["error"]
     # the query string travels in the same frame: httpx refuses such a URL itself, curl sends it
     result = curl("-X", "POST", "-w", "\n%{http_code}", f"{daemon.url}/echo?q={'c' * (40 << 10)}",
                   "-H", "Content-Type: application/json", "-H", f"x-filler: {'d' * (30 << 10)}", "-d", "{}")

@@ -1,0 +1,276 @@
+"""The HTTP/1.1 connection protocol: uvicorn's httptools protocol with the limits a server
+facing careless or hostile clients needs, which uvicorn leaves out.
+
+- request line + headers are bounded (``max_header_size`` → 431) while they arrive, so a
+  64 MiB header never reaches the parser's buffers;
+- a client gets ``header_timeout`` to send them and may stall a body ``body_timeout`` between
+  two reads (→ 408); a fresh connection that sends nothing is closed after ``header_timeout``;
+- at most ``max_connections`` are open: a new one first displaces the oldest idle keep-alive
+  connection (as nginx reuses connections), and only when all are busy gets 503 and is closed;
+- after an early answer (413 before the body was read) the rest of the body is read and
+  thrown away for up to ``body_timeout`` seconds, so clients that send the whole body before
+  reading (``requests``, ``urllib``) see the JSON error instead of "connection reset".
+
+Rejections are written directly as JSON with ``connection: close``; the socket is then
+half-closed and what the client still sends is discarded briefly (a lingering close), so the
+answer is not destroyed by a TCP reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from inferd.logs import get_logger
+
+log = get_logger()
+
+LINGER_SECONDS = 5.0  # nginx's lingering_timeout: how long a rejected client may keep sending
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_header_size: int
+    header_timeout: float
+    body_timeout: float
+    max_connections: int
+
+
+class IdleConnections:
+    """Connections waiting for their next request, oldest first (a dict keeps insertion order)."""
+
+    def __init__(self) -> None:
+        self._idle: dict[InferdHttpProtocol, None] = {}
+
+    def mark(self, conn: InferdHttpProtocol, idle: bool) -> None:
+        self._idle.pop(conn, None)
+        if idle:
+            self._idle[conn] = None
+
+    def oldest(self) -> InferdHttpProtocol | None:
+        return next(iter(self._idle), None)
+
+
+def json_response(status: int, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return b"".join([STATUS_LINE[status], b"content-type: application/json\r\n",
+                     b"content-length: ", str(len(body)).encode(), b"\r\nconnection: close\r\n\r\n", body])
+
+
+class InferdHttpProtocol(HttpToolsProtocol):
+    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
+                 limits: ConnectionLimits, idle: IdleConnections, _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = limits
+        self.idle = idle
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._on_deadline: Callable[[], object] | None = None
+        self._in_message = False       # between the first byte of a request and its end
+        self._in_head = False          # ... and before its headers were complete
+        self._head_bytes = 0            # bytes read while the head was unfinished (bounds the parser's buffer)
+        self._head_size = 0             # request line and header bytes as parsed
+        self._discard_until = 0.0      # lingering: the end of discarding an early-answered body
+        self._rejected = False
+        self._close_after_answer = False
+
+    # -- connection -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections and not self._displace_idle():
+            log.warning("http_connection_refused", reason="max_connections", limit=self.limits.max_connections)
+            self._reject(503, f"the server is at its limit of {self.limits.max_connections} open connections; "
+                              "retry shortly")
+            return
+        self._arm(self.limits.header_timeout, self._on_idle_timeout)
+        self.idle.mark(self, True)
+
+    def _displace_idle(self) -> bool:
+        oldest = self.idle.oldest()
+        if oldest is None or oldest is self:
+            return False
+        oldest.idle.mark(oldest, False)
+        oldest.transport.close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.idle.mark(self, False)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._rejected:
+            return  # lingering: what a rejected client still sends is dropped unparsed
+        super().data_received(data)
+        if self._in_head and not self._rejected:
+            # the parser buffers an unfinished header line itself, so bound what reaches it
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_size:
+                self._reject_head()
+
+    def _reject_head(self) -> None:
+        self._reject(431, f"request line and headers are larger than the limit of {self.limits.max_header_size} bytes "
+                          "(max_header_size)")
+
+    # -- parser callbacks -------------------------------------------------------------------------
+
+    # after a rejection the parser may still be inside the rejected read: ignore the rest of it
+
+    def on_message_begin(self) -> None:
+        if self._rejected:
+            return
+        super().on_message_begin()
+        self._in_message = self._in_head = True
+        self._head_bytes = self._head_size = 0
+        self.idle.mark(self, False)
+        self._arm(self.limits.header_timeout, self._on_head_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        if self._rejected:
+            return
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._rejected:
+            return
+        self._head_size += len(name) + len(value) + 4
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._rejected:
+            return
+        self._in_head = False
+        if self._head_size > self.limits.max_header_size:
+            self._reject_head()  # arrived in one read, so the running count above never saw it
+            return
+        super().on_headers_complete()
+        # uvicorn closes right after the answer when the client asked for "connection: close";
+        # the close is ours to make, once any body still arriving has been read and dropped
+        self._close_after_answer = not self.cycle.keep_alive
+        self.cycle.keep_alive = True
+        self._arm(self.limits.body_timeout, self._on_body_timeout)
+
+    def on_body(self, body: bytes) -> None:
+        if self._rejected:
+            return
+        if self.cycle is not None and self.cycle.response_complete and time.monotonic() > self._discard_until:
+            self._close(f"request body still arriving {self.limits.body_timeout:g}s after the answer")
+            return
+        self._arm(self.limits.body_timeout, self._on_body_timeout)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._rejected:
+            return
+        self._in_message = False
+        self._disarm()
+        super().on_message_complete()
+        if self._close_after_answer and self.cycle.response_complete:
+            self._close("request done")
+        self._mark_idle_if_done()
+
+    def on_response_complete(self) -> None:
+        if self._in_message:
+            # answered before the body was read (413, 404 on a POST): keep reading and dropping it
+            self._discard_until = time.monotonic() + self.limits.body_timeout
+        elif self._close_after_answer:
+            self._close("answered")
+            return
+        super().on_response_complete()
+        self._mark_idle_if_done()
+
+    def _mark_idle_if_done(self) -> None:
+        done = not self._in_message and (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+        if done and not self.transport.is_closing():
+            self.idle.mark(self, True)
+            # uvicorn arms its keep-alive timer when the answer is sent; a body discarded after it
+            # cancelled that timer, so this one covers the idle connection either way
+            self._arm(self.timeout_keep_alive, self._on_idle_timeout)
+
+    def send_400_response(self, msg: str) -> None:
+        self._reject(400, f"malformed HTTP request: {msg.rstrip('.')}")
+
+    # -- timeouts ---------------------------------------------------------------------------------
+
+    # One lazy timer per connection: arming on every parser event only moves a deadline, and the
+    # loop's timer is rescheduled when it fires early or must fire sooner (as nginx's timer tree).
+
+    def _arm(self, delay: float, callback: Callable[[], object]) -> None:
+        self._deadline = self.loop.time() + delay
+        self._on_deadline = callback
+        if self._timer is not None and self._timer.when() > self._deadline:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._deadline_reached)
+
+    def _disarm(self) -> None:
+        self._on_deadline = None
+
+    def _deadline_reached(self) -> None:
+        self._timer = None
+        if self._on_deadline is None:
+            return
+        if self.loop.time() < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._deadline_reached)
+            return
+        callback, self._on_deadline = self._on_deadline, None
+        callback()
+
+    def _on_idle_timeout(self) -> None:
+        self._close("no request")
+
+    def _on_head_timeout(self) -> None:
+        self._reject(408, f"request line and headers not received within {self.limits.header_timeout:g}s")
+
+    def _on_body_timeout(self) -> None:
+        if self.flow.read_paused:
+            # we stopped reading (the handler is behind), so the client is not the slow one
+            self._arm(self.limits.body_timeout, self._on_body_timeout)
+            return
+        if self.cycle is None or not self._in_message:
+            return
+        started = self.cycle.response_started
+        self.cycle.disconnected = True  # the application's receive() gets http.disconnect
+        self.cycle.message_event.set()
+        if started:
+            self._close(f"request body stalled for {self.limits.body_timeout:g}s")
+        else:
+            self._reject(408, f"request body stalled for {self.limits.body_timeout:g}s")
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    def _reject(self, status: int, message: str) -> None:
+        """Answer, half-close, and drop what the client still sends for a moment (lingering close)."""
+        if self._rejected or self.transport.is_closing():
+            return
+        self._rejected = True
+        self.idle.mark(self, False)
+        log.info("http_request_rejected", status=status, client=_peer(self.client), error=message)
+        self.transport.write(json_response(status, message))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.flow.resume_reading()
+        self._arm(LINGER_SECONDS, self.transport.close)
+
+    def _close(self, reason: str) -> None:
+        if not self.transport.is_closing():
+            log.debug("http_connection_closed", client=_peer(self.client), reason=reason)
+            self.idle.mark(self, False)
+            self.transport.close()
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "unknown"
