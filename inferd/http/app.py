@@ -1,5 +1,7 @@
 """The ASGI entry point: ``/-/`` goes to the daemon's routes, every other path to an API.
 
+Every request, whatever its path, first passes the Host check of ``inferd.http.hosts``.
+
 The routing table (``inferd.http.routing.RouteTable``) is swapped as a whole, so a reload
 changes it atomically.
 """
@@ -8,13 +10,15 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from inferd.http.hosts import UNCHECKED, HostPolicy, host_refusal
 from inferd.http.responses import send_error
 from inferd.http.routing import RouteTable
 
 
 class InferdApp:
-    def __init__(self, system: ASGIApp) -> None:
+    def __init__(self, system: ASGIApp, hosts: HostPolicy = UNCHECKED) -> None:
         self.system = system
+        self.hosts = hosts
         self.table = RouteTable()
 
     def set_routes(self, table: RouteTable) -> None:
@@ -25,6 +29,11 @@ class InferdApp:
             if scope["type"] == "lifespan":
                 await self._lifespan(receive, send)
             return
+        if self.hosts.checked:
+            refusal = host_refusal(self.hosts, host_header(scope))
+            if refusal is not None:
+                await send_error(send, 403, None, refusal)
+                return
         path = scope["path"]
         if path.startswith("/-/"):
             await self.system(scope, receive, send)
@@ -45,3 +54,10 @@ class InferdApp:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def host_header(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return bytes(value)
+    return None

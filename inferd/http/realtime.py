@@ -21,10 +21,6 @@ from inferd.worker import protocol
 from inferd.worker.pool import ApiUnavailable, CallTimedOut, WorkerPool
 
 VERBS = ("post", "get", "put", "patch", "delete")
-CORS = [(b"access-control-allow-origin", b"*"),
-        (b"access-control-allow-methods", b"POST, GET, PUT, PATCH, DELETE, OPTIONS"),
-        (b"access-control-allow-headers", b"*"),
-        (b"access-control-allow-credentials", b"true")]
 log = get_logger()
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -55,9 +51,6 @@ class RealtimeEndpoint:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int:
         verb = scope["method"].lower()
-        if verb == "options":
-            await send_bytes(send, 204, list(CORS), b"")
-            return 204
         content_type, length, request_id = "", None, None
         header_bytes = len(scope["query_string"])  # the query rides in the same frame meta
         for name, value in scope["headers"]:
@@ -84,6 +77,9 @@ class RealtimeEndpoint:
         wants = verbs.get(verb) if verb in VERBS else None
         if wants is None:
             allow = ", ".join(v.upper() for v in VERBS if v in verbs)
+            if verb == "options":  # CORS headers, when the API allows origins, are inferd.http.cors's
+                await send_bytes(send, 204, [(b"allow", allow.encode()), rid_header], b"")
+                return 204
             await send_error(send, 405, self.api, f"method {verb.upper()} is not implemented by api '{self.api}'",
                              [(b"allow", allow.encode()), rid_header])
             return 405

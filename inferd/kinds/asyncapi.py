@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from inferd.http.asyncapi import AsyncEndpoint
+from inferd.http.cors import with_cors
 from inferd.http.routing import BaseRoute, Mount
 from inferd.jobs.async_dispatch import AsyncDispatcher
 from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, QueueConsumer
@@ -41,10 +42,13 @@ class AsyncKind(Kind):
             return current
         settings = context.settings
         return AsyncEndpoint(runtime.name, endpoint, context.store, notify, settings.max_body_size,
-                             settings.async_max_queue_length)
+                             settings.async_max_queue_length, context.metrics)
 
     def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:
-        return (Mount(runtime.spec.networking.endpoint, front),) if isinstance(front, AsyncEndpoint) else ()
+        if not isinstance(front, AsyncEndpoint):
+            return ()
+        networking = runtime.spec.networking
+        return (Mount(networking.endpoint, with_cors(front, networking.allow_origins, runtime.name)),)
 
     async def status(self, runtime: ApiRuntime, context: KindContext) -> dict[str, Any]:
         if context.store is None:

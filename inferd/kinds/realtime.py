@@ -10,6 +10,7 @@ import grpc
 from starlette.types import Receive, Scope, Send
 
 from inferd.grpc.bridge import RpcBridge
+from inferd.http.cors import with_cors
 from inferd.http.realtime import RealtimeEndpoint
 from inferd.http.responses import send_json
 from inferd.http.routing import BaseRoute, Route
@@ -72,8 +73,9 @@ class RealtimeKind(Kind):
     def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:
         if not isinstance(front, RealtimeEndpoint):
             return ()
-        endpoint = runtime.spec.networking.endpoint
-        return (Route(endpoint, front), Route(f"{endpoint}/info", model_info))
+        endpoint, origins = runtime.spec.networking.endpoint, runtime.spec.networking.allow_origins
+        return (Route(endpoint, with_cors(front, origins, runtime.name)),
+                Route(f"{endpoint}/info", with_cors(model_info, origins, runtime.name)))
 
     def rpc_routes(self, front: Front) -> dict[str, grpc.RpcMethodHandler]:
         return front.handlers() if isinstance(front, RpcBridge) else {}

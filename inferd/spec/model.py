@@ -174,6 +174,7 @@ class UpdateStrategySpec:
 @dataclass(frozen=True)
 class NetworkingSpec:
     endpoint: str
+    allow_origins: tuple[str, ...] = ()  # inferd's own: browser origins answered with CORS headers
 
 
 @dataclass(frozen=True, kw_only=True)

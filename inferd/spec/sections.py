@@ -38,6 +38,10 @@ _HONOURED_SCALING = ("min_replicas", "max_replica_concurrency")
 ENDPOINT_CHARS = re.compile(r"[a-zA-Z0-9_\-./]+")
 RESERVED_PREFIX = "/-"  # inferd's own routes live under /-/
 _SURGE = re.compile(r"(\d+)%?")
+# An origin as browsers send it: scheme://host[:port], a name or an IP ([...] for IPv6), no path.
+ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://([a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?")
+ANY_ORIGIN = "*"
+DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 def read_compute(parent: Block, *, container: bool) -> ComputeSpec:
@@ -167,10 +171,52 @@ def _surge_value(block: Block, key: str) -> str:
 
 
 def read_networking(parent: Block, name: str) -> NetworkingSpec:
-    block = parent.sub("networking", ("endpoint",))
+    block = parent.sub("networking", ("endpoint", "allow_origins"))
     raw = block.string("endpoint")
     endpoint = None if raw is None else normalise_endpoint(block, raw)
-    return NetworkingSpec(endpoint=endpoint or f"/{name}")
+    return NetworkingSpec(endpoint=endpoint or f"/{name}", allow_origins=read_allow_origins(block))
+
+
+def read_allow_origins(block: Block) -> tuple[str, ...]:
+    """inferd's own field: the browser origins whose pages may read the API's replies (CORS)."""
+    node = block.node("allow_origins")
+    if node is None or node.value is None:
+        return ()
+    if not node.is_seq:
+        block.issue("allow_origins", f'must be a list of origins like ["https://app.example.com"], '
+                                     f"got {describe(node.value)}")
+        return ()
+    origins = []
+    for i, item in enumerate(node.value):
+        origin = normalise_origin(item.value)
+        if origin is None:
+            block.out.add(item.line, f"{block.child('allow_origins')}[{i}]",
+                          f'must be an origin "scheme://host[:port]" like "https://app.example.com" '
+                          f'(no path, no trailing "/"), or "*", got {describe(item.value)}')
+            continue
+        origins.append(origin)
+    if ANY_ORIGIN in origins and len(set(origins)) > 1:
+        block.issue("allow_origins", '"*" allows every origin: list it alone, or list origins without it')
+    return tuple(dict.fromkeys(origins))
+
+
+def normalise_origin(value: object) -> str | None:
+    """`value` as a browser writes it in its Origin header, or None when it is not an origin.
+
+    Browsers send scheme and host in lowercase and leave out a default port, so an origin
+    written otherwise in cortex.yaml would never match.
+    """
+    if value == ANY_ORIGIN:
+        return ANY_ORIGIN
+    match = ORIGIN.fullmatch(value.lower()) if isinstance(value, str) else None
+    if match is None:
+        return None
+    scheme, host, port = match.groups()
+    if port is not None and not 0 < int(port) < 65536:
+        return None
+    if port is None or port == DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def normalise_endpoint(block: Block, raw: str) -> str | None:

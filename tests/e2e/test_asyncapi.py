@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -155,3 +158,19 @@ def test_job_metrics_follow_the_store(project: Path, start_daemon) -> None:
     text = metrics_once(daemon, 'inferd_async_jobs{api="jobs",status="completed"} 1.0')
     assert 'inferd_async_jobs{api="jobs",status="completed"} 1.0' in text
     assert 'inferd_queue_length{api="jobs"} 0.0' in text
+
+
+def test_submissions_and_polls_are_counted_as_requests(project: Path, start_daemon) -> None:
+    daemon = start_daemon(project)
+    daemon.wait_ready()
+    poll(daemon, submit(daemon, json={"x": 1}))
+    assert daemon.client.get("/jobs/unknown").status_code == 404
+    assert daemon.client.post("/jobs", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+    text = daemon.client.get("/-/metrics").text
+    assert 'inferd_requests_total{api="jobs",code="200"}' in text
+    assert 'inferd_requests_total{api="jobs",code="404"} 1.0' in text
+    assert 'inferd_requests_total{api="jobs",code="400"} 1.0' in text
+    status = subprocess.run([sys.executable, "-m", "inferd", "status", "--json", "--state-dir", str(daemon.state_dir)],
+                            capture_output=True, text=True, timeout=60)
+    jobs = next(api for api in json.loads(status.stdout) if api["name"] == "jobs")
+    assert jobs["requests_per_second"] > 0 and jobs["p50_ms"] > 0
