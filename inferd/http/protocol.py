@@ -72,14 +72,16 @@ class InferdHttpProtocol(HttpToolsProtocol):
         self.limits = limits
         self.idle = idle
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._deadline = 0.0
         self._on_deadline: Callable[[], object] | None = None
         self._in_message = False       # between the first byte of a request and its end
         self._in_head = False          # ... and before its headers were complete
         self._head_bytes = 0            # bytes read while the head was unfinished (bounds the parser's buffer)
-        self._head_size = 0             # request line and header bytes as parsed
+        self._read_size = 0             # the read being parsed
         self._discard_until = 0.0      # lingering: the end of discarding an early-answered body
         self._rejected = False
+        self._began = False            # a request began in the read being parsed
         self._close_after_answer = False
 
     # -- connection -----------------------------------------------------------------------------
@@ -112,12 +114,24 @@ class InferdHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._rejected:
             return  # lingering: what a rejected client still sends is dropped unparsed
+        self._read_size = len(data)
+        self._began = False
         super().data_received(data)
-        if self._in_head and not self._rejected:
+        if self._rejected or self.transport.is_closing():
+            return
+        # timers are set once per read, not per parser event: a small request needs none
+        if self._in_head:
             # the parser buffers an unfinished header line itself, so bound what reaches it
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_size:
                 self._reject_head()
+            elif self._began:
+                self._arm(self.limits.header_timeout, self._on_head_timeout)  # from the first byte, never extended
+        elif self._in_message:
+            self._arm(self.limits.body_timeout, self._on_body_timeout)  # between two reads of a body
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def _reject_head(self) -> None:
         self._reject(431, f"request line and headers are larger than the limit of {self.limits.max_header_size} bytes "
@@ -132,35 +146,24 @@ class InferdHttpProtocol(HttpToolsProtocol):
             return
         super().on_message_begin()
         self._in_message = self._in_head = True
-        self._head_bytes = self._head_size = 0
+        self._head_bytes = 0
+        self._began = True
         self.idle.mark(self, False)
-        self._arm(self.limits.header_timeout, self._on_head_timeout)
-
-    def on_url(self, url: bytes) -> None:
-        if self._rejected:
-            return
-        self._head_size += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._rejected:
-            return
-        self._head_size += len(name) + len(value) + 4
-        super().on_header(name, value)
+        self._disarm()  # the idle connection's timer: a request is being read now
 
     def on_headers_complete(self) -> None:
         if self._rejected:
             return
         self._in_head = False
-        if self._head_size > self.limits.max_header_size:
-            self._reject_head()  # arrived in one read, so the running count above never saw it
+        # a head that finished inside the read it began in escaped the running count: measure it
+        if self._head_bytes + self._read_size > self.limits.max_header_size and self._head_size() > self.limits.max_header_size:
+            self._reject_head()
             return
         super().on_headers_complete()
         # uvicorn closes right after the answer when the client asked for "connection: close";
         # the close is ours to make, once any body still arriving has been read and dropped
         self._close_after_answer = not self.cycle.keep_alive
         self.cycle.keep_alive = True
-        self._arm(self.limits.body_timeout, self._on_body_timeout)
 
     def on_body(self, body: bytes) -> None:
         if self._rejected:
@@ -168,7 +171,6 @@ class InferdHttpProtocol(HttpToolsProtocol):
         if self.cycle is not None and self.cycle.response_complete and time.monotonic() > self._discard_until:
             self._close(f"request body still arriving {self.limits.body_timeout:g}s after the answer")
             return
-        self._arm(self.limits.body_timeout, self._on_body_timeout)
         super().on_body(body)
 
     def on_message_complete(self) -> None:
@@ -208,13 +210,14 @@ class InferdHttpProtocol(HttpToolsProtocol):
     # loop's timer is rescheduled when it fires early or must fire sooner (as nginx's timer tree).
 
     def _arm(self, delay: float, callback: Callable[[], object]) -> None:
-        self._deadline = self.loop.time() + delay
+        deadline = self._deadline = self.loop.time() + delay
         self._on_deadline = callback
-        if self._timer is not None and self._timer.when() > self._deadline:
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
             self._timer.cancel()
-            self._timer = None
-        if self._timer is None:
-            self._timer = self.loop.call_at(self._deadline, self._deadline_reached)
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._deadline_reached)
 
     def _disarm(self) -> None:
         self._on_deadline = None
@@ -224,6 +227,7 @@ class InferdHttpProtocol(HttpToolsProtocol):
         if self._on_deadline is None:
             return
         if self.loop.time() < self._deadline:
+            self._timer_at = self._deadline
             self._timer = self.loop.call_at(self._deadline, self._deadline_reached)
             return
         callback, self._on_deadline = self._on_deadline, None

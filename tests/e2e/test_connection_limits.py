@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import threading
@@ -66,6 +67,20 @@ def test_slow_headers_get_408(daemon: RunningDaemon) -> None:
         status, body, _ = read_answer(sock)
     assert status == 408
     assert "headers not received within 1s" in body["error"]
+
+
+def test_trickled_headers_do_not_extend_the_header_timeout(daemon: RunningDaemon) -> None:
+    """slowloris: one byte every 0.3s keeps the connection busy, never under the 1s bound."""
+    sent = 0
+    with connect(daemon) as sock:
+        for byte in b"GET /-/healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 30:
+            if select.select([sock], [], [], 0.3)[0]:
+                break  # the server answered
+            sock.send(bytes([byte]))
+            sent += 1
+        status, body, _ = read_answer(sock)
+    assert status == 408
+    assert sent < 15  # about 1s worth of bytes, not the whole trickle
 
 
 def test_stalled_body_gets_408(daemon: RunningDaemon) -> None:
