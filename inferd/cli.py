@@ -82,15 +82,19 @@ def _run(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from inferd.control.target import validate
 
-    ok, problems, notes = validate(args.project)
-    for problem in problems:
+    found = validate(args.project)
+    for problem in found.problems + found.will_not_start:
         print(problem, file=sys.stderr)
-    if not ok:
-        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+    if found.problems:
+        print(found.summary(), file=sys.stderr)
         return 1
-    for note in notes[:-1]:
+    for note in found.ignored:
         print(f"note: {note}")
-    print(f"{args.project.resolve() / 'cortex.yaml'}: {notes[-1]}")
+    if found.valid:
+        print(f"{found.config_file}: {len(found.valid)} api(s) valid: {', '.join(found.valid)}")
+    if found.will_not_start:
+        print(found.summary(), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -105,7 +109,8 @@ def _client(args: argparse.Namespace) -> ControlClient:
 
 
 def _control(args: argparse.Namespace) -> int:
-    from inferd.control.client import DaemonNotRunning, status_detail, status_table
+    from inferd.control.client import DaemonNotRunning, NoSuchApi, status_detail, status_table
+    from inferd.logs import console_line
     from inferd.settings import SettingsError
 
     try:
@@ -125,9 +130,13 @@ def _control(args: argparse.Namespace) -> int:
             print(("reloaded: " if reply.ok else "reload failed: ") + reply.summary,
                   file=sys.stdout if reply.ok else sys.stderr)
             return 0 if reply.ok else 1
+        shown = console_line if sys.stdout.isatty() else str  # rendered like the daemon's own lines; JSON when piped
         for line in client.logs(args.api, args.follow, args.tail):
-            print(line, flush=True)
+            print(shown(line), flush=True)
         return 0
+    except NoSuchApi as exc:
+        print(f"inferd: {exc}", file=sys.stderr)
+        return 1
     except (DaemonNotRunning, SettingsError) as exc:
         print(f"inferd: {exc}", file=sys.stderr)
         return 3

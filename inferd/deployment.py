@@ -19,23 +19,17 @@ import grpc
 
 from inferd.gpu import GpuDevice, GpuRequest, assign_gpus
 from inferd.http.routing import BaseRoute, RouteTable
-from inferd.kinds import get_kind, unsupported_kind
+from inferd.kinds import get_kind, unsupported_reason
 from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext
 from inferd.logs import get_logger
 from inferd.protos import CompiledProto
-from inferd.spec import ApiSpec, ProjectSpec
+from inferd.spec import ProjectSpec
 from inferd.worker.backend import WorkerBackend
 from inferd.worker.launch import init_message, worker_slots
 from inferd.worker.pool import PoolConfig, WorkerPool
 from inferd.worker.process import WorkerProcess
 
 log = get_logger()
-
-
-def unsupported_reason(api: ApiSpec) -> str | None:
-    """Why this version of inferd cannot serve the API yet, or None when it can."""
-    kind = get_kind(api.kind)
-    return unsupported_kind(api.kind) if kind is None else kind.unsupported(api)
 
 
 class Deployment:
@@ -95,10 +89,12 @@ class Deployment:
         slots = worker_slots(self.environ, project, api, devices)
         metrics = self.context.metrics
 
+        def log_line(line: str) -> None:
+            self.on_log(api.name, line)
+
         def backend(slot: int) -> WorkerBackend:
             return WorkerProcess(api.name, slot, init, slots[slot].env, str(project.project_dir), slots[slot].gpus,
-                                 lambda frame: metrics.record_user(api.name, frame),
-                                 lambda line: self.on_log(api.name, line))
+                                 lambda frame: metrics.record_user(api.name, frame), log_line)
 
         return PoolConfig(
             api=api.name,
@@ -111,6 +107,7 @@ class Deployment:
             request_timeout=api.handler.request_timeout if api.handler is not None else None,
             on_restart=metrics.worker_restarts.labels(api.name).inc,
             on_change=self.on_change,
+            on_log=log_line,
         )
 
     # -- running -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ the same processors, so every line on stdout has one shape.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import Any
@@ -25,14 +26,22 @@ def _static_fields(fields: dict[str, Any]) -> structlog.types.Processor:
     return add
 
 
+def _traceback_below(_logger: Any, _name: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    """On a terminal a ``traceback`` field reads as Python printed it, below the event line,
+    rather than as one escaped string (the console renderer prints ``exception`` that way)."""
+    if isinstance(event.get("traceback"), str) and "exception" not in event:
+        event["exception"] = event.pop("traceback").rstrip("\n")
+    return event
+
+
 def configure_logging(level: str = "info", json_output: bool | None = None, **fields: Any) -> None:
     """``json_output=None`` picks JSON unless stdout is a terminal (then a readable console)."""
     global CONSOLE
     if json_output is None:
         json_output = not sys.stdout.isatty()
     CONSOLE = not json_output
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
+    renderers: list[structlog.types.Processor] = (
+        [structlog.processors.JSONRenderer()] if json_output else [_traceback_below, structlog.dev.ConsoleRenderer()]
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -50,7 +59,7 @@ def configure_logging(level: str = "info", json_output: bool | None = None, **fi
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared[:-1], structlog.stdlib.ExtraAdder(), _static_fields(fields)],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(formatter)
@@ -68,12 +77,35 @@ def relay_event(line: str, event: dict[str, Any]) -> None:
     if not CONSOLE:
         sys.stdout.write(line + "\n")
         return
+    name, level, fields = _worker_fields(event)
+    fields.pop("timestamp", None)
+    getattr(structlog.get_logger("inferd.worker"), level)(name, **fields)
+
+
+def _worker_fields(event: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """A worker event's name, level and other fields, whether structlog's or Cortex's JSON shape."""
     fields = dict(event)
     name = str(fields.pop("event", fields.pop("message", "")))
     level = str(fields.pop("level", fields.pop("levelname", "info"))).lower()
-    fields.pop("timestamp", None)
     fields.setdefault("component", "worker")
-    getattr(structlog.get_logger("inferd.worker"), level if level in LEVELS else "info")(name, **fields)
+    return name, level if level in LEVELS else "info", fields
+
+
+def console_line(line: str) -> str:
+    """A stored worker log line (``inferd logs``) for a terminal, rendered as the daemon renders
+    it there; a line that is not a JSON event stays as it is."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(event, dict):
+        return line
+    name, level, fields = _worker_fields(event)
+    stamp = fields.pop("timestamp", None) or fields.pop("asctime", None)  # asctime: Cortex's shape
+    if stamp:
+        fields["timestamp"] = stamp
+    _traceback_below(None, level, fields)
+    return str(structlog.dev.ConsoleRenderer()(None, level, {**fields, "event": name, "level": level}))
 
 
 def get_logger(**bind: Any) -> Any:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from importlib import resources
 from pathlib import Path
 
 UNIT = "inferd.service"
+PLACEHOLDER_PROJECT = Path("/srv/inferd/project")
 
 
 def _bundled(name: str) -> str:
@@ -37,7 +39,9 @@ def install_service(prefix: Path, project: Path | None) -> int:
 
 
 def _settings(project: Path | None) -> str:
-    text = _bundled("inferd.yaml")
-    if project is not None:
-        text = text.replace("/srv/inferd/project", str(project.resolve()))
-    return text
+    """The bundled settings with an absolute ``project:``: the checkout's relative one would be
+    read from the service's working directory. Without --project, a placeholder to edit."""
+    target = project.resolve() if project is not None else PLACEHOLDER_PROJECT
+    # the value is replaced in place; its comment keeps its column (and at least one space before it)
+    return re.sub(r"^project: \S+ *", lambda found: f"project: {target} ".ljust(len(found.group(0))),
+                  _bundled("inferd.yaml"), count=1, flags=re.MULTILINE)

@@ -19,6 +19,10 @@ class DaemonNotRunning(Exception):
     pass
 
 
+class NoSuchApi(LookupError):
+    pass
+
+
 class ControlClient:
     def __init__(self, socket_path: Path, timeout: float = 300.0) -> None:
         if not socket_path.exists():
@@ -52,6 +56,8 @@ class ControlClient:
             for line in self._call("Logs", self.schema.request_class("Logs")(api=api, follow=follow, tail=tail), True):
                 yield line.line
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NoSuchApi(exc.details()) from None
             if exc.code() != grpc.StatusCode.CANCELLED:
                 raise
 

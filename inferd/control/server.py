@@ -25,7 +25,9 @@ class ControlTarget(Protocol):
     async def status_rows(self, api: str) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
     async def request_reload(self) -> Any: ...
     def validate_project(self, project: str) -> tuple[bool, list[str], list[str]]: ...
-    def log_lines(self, api: str, follow: bool, tail: int) -> AsyncIterator[str]: ...
+    def log_lines(self, api: str, follow: bool, tail: int) -> AsyncIterator[str]:
+        """Raises LookupError, before any line, for an API the daemon does not know."""
+        ...
 
 
 class SocketInUse(OSError):
@@ -46,7 +48,8 @@ def clear_stale_socket(path: Path) -> None:
         raise SocketInUse(f"cannot check the existing control socket {path}: {exc}") from None
     finally:
         probe.close()
-    raise SocketInUse(f"another inferd is listening on {path}")
+    raise SocketInUse(f"another inferd is listening on {path}; to run a second daemon beside it, give this one "
+                      "its own --state-dir (and pass that --state-dir to inferd status, logs and reload too)")
 
 
 class ControlServer:
@@ -55,6 +58,7 @@ class ControlServer:
         self.schema = schema
         self.target = target
         self.server = grpc.aio.server()
+        self.listening = False
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, self._handlers()),))
 
     def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
@@ -86,12 +90,14 @@ class ControlServer:
             await self.server.start()
         finally:
             os.umask(previous)
+        self.listening = True
         os.chmod(self.path, 0o660)
         log.info("control_socket_listening", path=str(self.path))
 
     async def stop(self) -> None:
         await self.server.stop(1)
-        self.path.unlink(missing_ok=True)
+        if self.listening:  # a server that never started must not delete another daemon's socket
+            self.path.unlink(missing_ok=True)
 
     async def _status(self, request: Any) -> Any:
         rows, meta = await self.target.status_rows(request.api)
@@ -121,5 +127,10 @@ class ControlServer:
 
     async def _logs(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         line_class = self.schema.reply_class("Logs")
-        async for line in self.target.log_lines(request.api, request.follow, request.tail or 100):
+        try:
+            lines = self.target.log_lines(request.api, request.follow, request.tail or 100)
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            return
+        async for line in lines:
             yield line_class(line=line)

@@ -3,28 +3,64 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from inferd.grpc.services import compile_project
+from inferd.kinds import unsupported_reason
 from inferd.logbook import LogBook
 from inferd.metrics import Metrics
 from inferd.reload import ReloadReport
-from inferd.spec import SpecError, load_project
+from inferd.spec import SpecError, SpecIssue, load_project
+from inferd.worker.handler_class import constructor_problem
 
 
-def validate(project_dir: Path) -> tuple[bool, list[str], list[str]]:
-    """(ok, problems, notes) for a project, exactly as the daemon would load it."""
+@dataclass(frozen=True)
+class Validation:
+    """What ``inferd validate`` found. ``problems`` make the file invalid; the APIs in
+    ``will_not_start`` are valid, but this version of inferd cannot serve them."""
+
+    config_file: Path
+    problems: list[str]
+    will_not_start: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    valid: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.will_not_start
+
+    def summary(self) -> str:
+        if self.problems:
+            return f"{len(self.problems)} problem(s) found"
+        if self.will_not_start:
+            return f"{len(self.will_not_start)} api(s) will not start"
+        return f"{len(self.valid)} api(s) valid: {', '.join(self.valid)}"
+
+
+def validate(project_dir: Path) -> Validation:
+    """The project checked exactly as the daemon would load it, and which APIs would start."""
+    config_file = project_dir.resolve() / "cortex.yaml"
     try:
         project = load_project(project_dir)
         with tempfile.TemporaryDirectory(prefix="inferd-validate-") as cache:
             compile_project(project, Path(cache))
     except SpecError as exc:
-        return False, [str(issue) for issue in exc.issues], []
-    notes = list(project.ignored) + [f"{len(project.apis)} api(s) valid: {', '.join(a.name for a in project.apis)}"]
-    return True, [], notes
+        return Validation(config_file, [str(issue) for issue in exc.issues])
+    label = os.path.relpath(project.config_file, project.project_dir)
+    blocked = {}
+    for api in project.apis:
+        reason = unsupported_reason(api)
+        if reason is None and api.handler is not None:
+            reason = constructor_problem(project.project_dir / api.handler.path)
+        if reason is not None:
+            blocked[api.name] = str(SpecIssue(label, api.line, "", f"api {json.dumps(api.name)}: {reason}"))
+    return Validation(project.config_file, [], list(blocked.values()), list(project.ignored),
+                      [api.name for api in project.apis if api.name not in blocked])
 
 
 def recent_errors(lines: list[str], keep: int = 5) -> list[str]:
@@ -70,7 +106,12 @@ class DaemonControl:
         return await self.reload()
 
     def validate_project(self, project: str) -> tuple[bool, list[str], list[str]]:
-        return validate(Path(project) if project else self.project)
+        found = validate(Path(project) if project else self.project)
+        return found.ok, found.problems + found.will_not_start, [*found.ignored, found.summary()]
 
     def log_lines(self, api: str, follow: bool, tail: int) -> AsyncIterator[str]:
+        # an API a reload removed is still known while the log book holds its lines
+        known = any(row["name"] == api for row in self.describe()) or bool(self.logbook.recent(api, 1))
+        if not known:
+            raise LookupError(f"no api named {api!r}")
         return self.logbook.follow(api, tail, follow)

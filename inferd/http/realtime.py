@@ -7,6 +7,7 @@ frame's body without copies or parsing; the worker parses it by Content-Type.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -71,7 +72,7 @@ class RealtimeEndpoint:
         try:
             info = self.pool.info or await self.pool.wait_info()
         except ApiUnavailable as exc:
-            await send_error(send, 503, self.api, str(exc), [rid_header])
+            await send_error(send, 503, self.api, str(exc), [rid_header, *retry_after_header(exc)])
             return 503
         verbs = info.get("verbs", {})
         wants = verbs.get(verb) if verb in VERBS else None
@@ -97,7 +98,7 @@ class RealtimeEndpoint:
             reply = await self.pool.call(call)
         except ApiUnavailable as exc:
             log.warning("request_unavailable", api=self.api, request_id=rid, error=str(exc))
-            await send_error(send, 503, self.api, str(exc), [rid_header])
+            await send_error(send, 503, self.api, str(exc), [rid_header, *retry_after_header(exc)])
             return 503
         except CallTimedOut as exc:
             log.warning("request_timed_out", api=self.api, request_id=rid, error=str(exc))
@@ -111,3 +112,10 @@ class RealtimeEndpoint:
             if reply.ack is not None:
                 reply.ack()  # even if sending failed: the callback runs, and never leaks
         return reply.status
+
+
+def retry_after_header(exc: ApiUnavailable) -> list[tuple[bytes, bytes]]:
+    """Retry-After when the pool knows when its next worker starts (restart backoff)."""
+    if exc.retry_after is None:
+        return []
+    return [(b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode())]

@@ -11,6 +11,7 @@ import functools
 import importlib
 
 from inferd.kinds.base import Kind
+from inferd.spec import ApiSpec
 
 KINDS: dict[str, str] = {
     "RealtimeAPI": "inferd.kinds.realtime:RealtimeKind",
@@ -31,6 +32,12 @@ def get_kind(name: str) -> Kind | None:
 
 def unsupported_kind(name: str) -> str:
     return f"{name} is not supported by this version of inferd yet ({' and '.join(KINDS)} are)"
+
+
+def unsupported_reason(api: ApiSpec) -> str | None:
+    """Why this version of inferd cannot serve the API yet, or None when it can."""
+    kind = get_kind(api.kind)
+    return unsupported_kind(api.kind) if kind is None else kind.unsupported(api)
 
 
 def needs_store(names: list[str]) -> bool:

@@ -137,8 +137,8 @@ def _code_path(block: Block, project_dir: Path) -> str:
     path = block.string("path", "", required=True) or ""
     if not path:
         return ""
-    if not path.endswith((".py", ".pickle")):
-        block.issue("path", f"must be a .py or .pickle file, got {describe(path)}")
+    if not path.endswith(".py"):
+        block.issue("path", f"must be a Python file ending in .py, got {describe(path)}")
         return path
     check_inside(block, "path", path, project_dir, directory=False)
     return path
@@ -175,11 +175,17 @@ def check_inside(block: Block, key: str, path: str, project_dir: Path, *, direct
     if os.path.isabs(path) or path.startswith("~"):
         block.issue(key, f"must be relative to the project directory, got {describe(path)}")
         return False
-    target = (project_dir / path).resolve()
-    if not target.is_relative_to(project_dir):
+    try:
+        target = (project_dir / path).resolve()
+        inside = target.is_relative_to(project_dir)
+        exists = inside and (target.is_dir() if directory else target.is_file())
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL character, a name too long
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        block.issue(key, f"cannot be resolved ({reason}), got {describe(path)}")
+        return False
+    if not inside:
         block.issue(key, f"must stay inside the project directory, got {describe(path)}")
         return False
-    exists = target.is_dir() if directory else target.is_file()
     if not exists:
         what = "directory" if directory else "file"
         block.issue(key, f"{what} {describe(path)} not found in the project directory")

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import NOT_ENFORCED, Collector
+from .errors import NOT_ENFORCED, Collector, SpecError, SpecIssue
 from .fields import Block, describe
 from .handler import read_definition, read_handler
 from .model import (
@@ -55,15 +55,45 @@ def load_project(project_dir: str | os.PathLike[str], config_file: str | os.Path
         out.add(None, "", f"project directory {root} not found")
         out.raise_if_any()
     try:
-        text = config_path.read_text(encoding="utf-8")
+        data = config_path.read_bytes()
     except FileNotFoundError:
         out.add(None, "", f"file not found: {config_path}")
-    except UnicodeDecodeError as exc:
-        out.add(None, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
     except OSError as exc:
         out.add(None, "", f"cannot read {config_path}: {exc.strerror or exc}")
     out.raise_if_any()
+    text = _decode(data, out)
+    _check_dotenv(root, out)
     return _parse(text, root, config_path, out)
+
+
+def _decode(data: bytes, out: Collector) -> str:
+    """The file as text, newlines translated as text mode would; a bad byte is reported at its line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        hint = "; it looks like UTF-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else ""
+        out.add(data.count(b"\n", 0, exc.start) + 1, "",
+                f"not UTF-8 text: byte 0x{data[exc.start]:02x} in column {exc.start - line_start + 1} "
+                f"({exc.reason}){hint}; save the file as UTF-8")
+        raise SpecError(out.issues) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _check_dotenv(root: Path, out: Collector) -> None:
+    # Workers read .env (inferd.worker.launch); like the handler, proto and python_path, it must
+    # not lead out of the project through a symlink.
+    path = root / ".env"
+    if not path.is_symlink():
+        return
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        out.issues.append(SpecIssue(".env", None, "", "is a symlink that cannot be resolved (a loop?)"))
+        return
+    if not target.is_relative_to(root):
+        out.issues.append(SpecIssue(".env", None, "", f"must stay inside the project directory, got a "
+                                                      f"symlink to {target}; copy the file into the project"))
 
 
 def parse_apis(text: str, project_dir: Path, file_label: str = "cortex.yaml") -> ProjectSpec:

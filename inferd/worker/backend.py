@@ -50,6 +50,7 @@ class WorkerBackend(Protocol):
     in_flight: int
     info: dict[str, Any]  # what the worker reported when ready (e.g. the HTTP verbs)
     error: str | None
+    init_traceback: str | None  # the handler constructor's traceback, when it raised
     started_at: float     # monotonic
 
     @property

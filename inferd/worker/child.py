@@ -68,8 +68,8 @@ class WorkerChild:
         try:
             info = self.load(init)
         except BaseException as exc:  # noqa: BLE001 - anything the user's import or __init__ raised
+            # not logged here: the daemon logs it once, with the exit status, and not on every retry
             text = "".join(traceback.format_exception(exc))
-            self.log.error("handler_init_failed", error=str(exc), traceback=text)
             self.send(protocol.InitFailed(f"{type(exc).__name__}: {exc}", text))
             await asyncio.sleep(0)  # let the frame reach the transport buffer
             return EXIT_INIT_FAILED

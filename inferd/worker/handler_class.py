@@ -6,6 +6,7 @@ we keep that contract so unchanged handler files behave the same here.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import inspect
 import sys
@@ -98,3 +99,24 @@ def http_methods(handler: Any) -> dict[str, BoundMethod]:
             "Handler defines none of handle_post, handle_get, handle_put, handle_patch, handle_delete"
         )
     return methods
+
+
+def constructor_problem(handler_file: Path) -> str | None:
+    """What a worker would refuse in ``Handler.__init__``'s parameters, read without running
+    the file (``inferd validate`` must not import the user's code)."""
+    try:
+        tree = ast.parse(handler_file.read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return None  # the worker reports these itself, with the traceback
+    init = next((item for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Handler"
+                 for item in node.body if isinstance(item, ast.FunctionDef) and item.name == "__init__"), None)
+    if init is None:
+        return None
+    params = [a.arg for a in init.args.posonlyargs + init.args.args][1:] + [a.arg for a in init.args.kwonlyargs]
+    if "model_client" in params:
+        return ("Handler.__init__ asks for model_client: multi_model_reloading's model client is not "
+                "supported by this version of inferd yet")
+    unknown = [name for name in params if name not in CONSTRUCTOR_PARAMS]
+    if unknown:
+        return f"Handler.__init__ asks for {', '.join(unknown)}; inferd passes only {', '.join(sorted(CONSTRUCTOR_PARAMS))}"
+    return None

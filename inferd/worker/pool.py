@@ -2,16 +2,20 @@
 
 Each worker slot has its own supervising task: start the worker (any ``WorkerBackend``), wait
 for the Handler to be constructed, serve until it exits, then restart with exponential backoff
-(a worker that served for a while restarts at once). While it lives, the supervisor pings it
-and aborts it when no heartbeat came back for ``liveness_timeout``. Dispatch picks the ready
-worker with the fewest calls in flight; ``max_replica_concurrency`` bounds calls per worker,
-beyond it the caller gets ``ApiUnavailable`` (HTTP 503). A call that outlives
-``request_timeout`` raises ``CallTimedOut`` (HTTP 504) and its worker is replaced.
+(a worker that served for a while restarts at once). While every slot is in backoff, calls get
+``ApiUnavailable`` at once, naming the failure: a worker that keeps dying must not make each
+call wait ``ready_wait``. While a worker lives, the supervisor pings it and aborts it when no
+heartbeat came back for ``liveness_timeout``. Dispatch picks the ready worker with the fewest
+calls in flight; ``max_replica_concurrency`` bounds calls per worker, beyond it the caller gets
+``ApiUnavailable`` (HTTP 503). A call that outlives ``request_timeout`` raises
+``CallTimedOut`` (HTTP 504) and its worker is replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +35,10 @@ HEALTHY_AFTER = 10.0  # a worker that served this long restarts without backoff
 class ApiUnavailable(Exception):
     """No worker can take this call now (starting, failed, dead mid-call, or saturated)."""
 
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds until the next worker start, when one is scheduled
+
 
 class WorkerDied(ApiUnavailable):
     """The worker handling the call exited before answering it."""
@@ -48,6 +56,14 @@ class WorkerSlot:
     gpus: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """A slot waiting to start its next worker after one failed."""
+
+    reason: str
+    until: float  # monotonic time of the next start
+
+
 @dataclass
 class PoolConfig:
     api: str
@@ -60,6 +76,7 @@ class PoolConfig:
     request_timeout: float | None = None  # handler.request_timeout: None = no limit
     on_restart: Callable[[], None] = field(default=lambda: None)
     on_change: Callable[[], None] = field(default=lambda: None)  # a worker became ready or left
+    on_log: Callable[[str], None] = field(default=lambda line: None)  # a JSON line for the API's own log
 
     @property
     def heartbeat_interval(self) -> float:
@@ -75,7 +92,9 @@ class WorkerPool:
         self.last_error: str | None = None
         self.stopping = False
         self.info: dict[str, Any] | None = None  # the first ready worker's report (e.g. its HTTP verbs)
-        self._ready_changed = asyncio.Event()
+        self._backoff: list[Backoff | None] = [None] * len(config.slots)
+        self._logged_failure: tuple[str, str | None] | None = None  # (error, traceback) logged in full last
+        self._ready_changed = asyncio.Event()  # a worker became ready, or a slot went into backoff
         self._supervisors: list[asyncio.Task[None]] = []
         self.log = get_logger(api=config.api)
 
@@ -109,6 +128,7 @@ class WorkerPool:
         while not self.stopping:
             worker = self.config.backend(slot)
             self.workers[slot] = worker
+            self._backoff[slot] = None
             try:
                 await worker.start()
                 exited = asyncio.get_running_loop().create_task(worker.wait_exit())
@@ -117,6 +137,7 @@ class WorkerPool:
                     if ready:
                         # one pool runs one handler version: any worker's report is the pool's
                         self.info = self.info if self.info is not None else worker.info
+                        self._logged_failure = None  # the same failure later is news again
                         self._ready_changed.set()
                         self.config.on_change()
                         self.log.info("worker_ready", pid=worker.pid, slot=slot)
@@ -132,15 +153,40 @@ class WorkerPool:
                 worker.kill()
             if self.stopping:
                 return
-            self.last_error = worker.error or f"worker {worker.pid} {exit_reason(code)}"
             self.restarts += 1
             self.config.on_restart()
             served = time.monotonic() - worker.started_at
             failures = 0 if ready and served >= HEALTHY_AFTER else failures + 1
             delay = 0.0 if failures == 0 else min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
-            self.log.warning("worker_exited", pid=worker.pid, slot=slot, code=code, ready=ready,
-                             restart_in=delay, error=self.last_error)
+            if ready:
+                self.last_error = worker.error or f"worker {worker.pid} {exit_reason(code)}"
+                self.log.warning("worker_exited", pid=worker.pid, slot=slot, code=code, ready=ready,
+                                 restart_in=delay, error=self.last_error)
+            else:
+                self.last_error = worker.error or f"worker {exit_reason(code)} before it was ready"
+                self._log_start_failure(worker, slot, code, failures, delay)
+            if delay:
+                self._backoff[slot] = Backoff(self.last_error, time.monotonic() + delay)
+                self._ready_changed.set()  # callers waiting for this slot learn why, now
             await asyncio.sleep(delay)
+
+    def _log_start_failure(self, worker: WorkerBackend, slot: int, code: int | None, attempt: int,
+                           delay: float) -> None:
+        """One event per failed start. A crash loop repeats its traceback every backoff: it is
+        logged in full once, and again only when it changes."""
+        assert self.last_error is not None
+        failure = (self.last_error, worker.init_traceback)
+        fields: dict[str, Any] = {"pid": worker.pid, "slot": slot, "code": code, "attempt": attempt,
+                                  "restart_in": delay, "error": self.last_error}
+        if failure == self._logged_failure:
+            fields["same_failure_again"] = True
+        else:
+            self._logged_failure = failure
+            if worker.init_traceback is not None:
+                fields["traceback"] = worker.init_traceback
+        self.log.error("handler_init_failed", **fields)
+        # `inferd logs <api>` shows the workers' own lines: the reason they never served belongs there
+        self.config.on_log(json.dumps({"event": "handler_init_failed", "level": "error", "api": self.api, **fields}))
 
     async def _until_ready(self, worker: WorkerBackend, exited: asyncio.Task[int | None]) -> bool:
         """Construction can take minutes (models load): heartbeats, not a deadline, tell a slow
@@ -209,8 +255,9 @@ class WorkerPool:
             self._ready_changed.clear()
             if len(self.ready_workers()) == len(self.config.slots):
                 return None
-            if self._failing() or any(w is not None and w.state == "failed" for w in self.workers):
-                return self.error or "a worker failed to start"
+            failure = self._start_failure()
+            if failure is not None:
+                return failure
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return f"workers not ready after {timeout:.0f}s"
@@ -268,7 +315,8 @@ class WorkerPool:
             if ready:
                 return ready
             if self._failing():
-                break
+                retry_after = self._retry_after()
+                raise ApiUnavailable(self._not_ready_message(retry_after), retry_after)
             self._ready_changed.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -280,12 +328,27 @@ class WorkerPool:
         raise ApiUnavailable(self._not_ready_message())
 
     def _failing(self) -> bool:
-        """Every slot's last start ended in a constructor failure: waiting will not help."""
-        return all(w is not None and w.state in ("failed", "exited") and w.error for w in self.workers)
+        """Every slot is in backoff after a failure, or has a constructor failure reported
+        (its exit follows): waiting will not help."""
+        return all(backoff is not None or (worker is not None and worker.state == "failed")
+                   for backoff, worker in zip(self._backoff, self.workers, strict=True))
 
-    def _not_ready_message(self) -> str:
+    def _start_failure(self) -> str | None:
+        """Why some slot failed to get a ready worker, if one did (a reload or the start stops waiting)."""
+        if any(w is not None and w.state == "failed" for w in self.workers):
+            return self.error or "a worker failed to start"
+        return next((b.reason for b in self._backoff if b is not None), None)
+
+    def _retry_after(self) -> float | None:
+        """Seconds until the next worker start, for a caller told to come back."""
+        starts = [b.until for b in self._backoff if b is not None]
+        return max(0.0, min(starts) - time.monotonic()) if starts else None
+
+    def _not_ready_message(self, retry_after: float | None = None) -> str:
         if self.stopping:
             return f"api '{self.api}' is shutting down"
+        if self.error and retry_after is not None:
+            return f"api '{self.api}' has no ready worker: {self.error}; next start in {max(1, math.ceil(retry_after))}s"
         if self.error:
             return f"api '{self.api}' has no ready worker: {self.error}"
         return f"api '{self.api}' has no ready worker yet"

@@ -71,6 +71,7 @@ class WorkerProcess:
         self.in_flight = 0
         self.info: dict[str, Any] = {}
         self.error: str | None = None
+        self.init_traceback: str | None = None
         self.started_at = time.monotonic()
         self._heartbeat = HeartbeatMonitor()
         self._aborted: str | None = None
@@ -146,10 +147,17 @@ class WorkerProcess:
                 pump.cancel()
         if self._aborted:
             self.error = self._aborted
-        elif self.error is None and not stopping and self._last_stderr:
-            # e.g. an import error before the handler could even report: show its last words
-            self.error = f"worker {reason}: {self._last_stderr}"
+        elif self.error is None and not stopping:
+            # e.g. os._exit in __init__, the OOM killer, a crash in a C extension: say when, and
+            # its last words, if it had any
+            when = "" if self._reported_ready() else " before it was ready"
+            words = f": {self._last_stderr}" if self._last_stderr else ""
+            if when or words:
+                self.error = f"worker {reason}{when}{words}"
         return code
+
+    def _reported_ready(self) -> bool:
+        return self._ready is not None and self._ready.done() and self._ready.result()
 
     async def _exit_code(self) -> int:
         """The exit status as soon as the process is reaped. ``Process.wait()`` alone also waits
@@ -274,9 +282,10 @@ class WorkerProcess:
             self.error = None
             self._settle_ready(True)
         elif isinstance(message, protocol.InitFailed):
+            # logged by the pool once the exit status is known, and only when it is news
             self.error = message.error
+            self.init_traceback = message.traceback
             self.state = "failed"
-            self.log.error("handler_init_failed", pid=self.pid, error=message.error, traceback=message.traceback)
             self._settle_ready(False)
 
     def _on_stream_frame(self, message: protocol.Chunk | protocol.Credit | protocol.End) -> None:

@@ -256,3 +256,21 @@ def test_logs_follow_streams_new_lines(project: Path, start_daemon) -> None:
     finally:
         follower.terminate()
         follower.wait(10)
+
+
+def test_ready_per_api_keeps_healthy_apis_in_rotation_beside_a_crashed_one(start_daemon) -> None:
+    daemon = start_daemon(PROJECTS / "broken")
+    daemon.wait_ready(["healthy"])
+    deadline = time.monotonic() + 30
+    while not daemon.api("broken")["error"] and time.monotonic() < deadline:  # its constructor has raised
+        time.sleep(0.1)
+    assert daemon.client.get("/-/ready").status_code == 503  # the whole project is not ready...
+    healthy = daemon.client.get("/-/ready/healthy")
+    assert healthy.status_code == 200  # ...but a balancer in front of `healthy` keeps it
+    assert healthy.json() == {"api": "healthy", "ready": True, "state": "ready"}
+    broken = daemon.client.get("/-/ready/broken")
+    assert broken.status_code == 503
+    assert broken.json()["api"] == "broken" and broken.json()["ready"] is False
+    assert broken.json()["state"] != "ready" and "model weights not found" in broken.json()["error"]
+    unknown = daemon.client.get("/-/ready/nosuch")
+    assert unknown.status_code == 404 and unknown.json() == {"error": "no api named 'nosuch'"}

@@ -81,10 +81,20 @@ def test_a_worker_answers_calls_and_heartbeats_then_drains_on_stop(tmp_path: Pat
     asyncio.run(scenario())
 
 
+async def stopped(pid: int) -> None:
+    """Until SIGSTOP took effect on every thread: before, its heartbeat thread may still answer a ping."""
+    def state(stat: Path) -> str:
+        return stat.read_text().rsplit(")", 1)[1].split()[0]
+
+    while any(state(stat) != "T" for stat in Path(f"/proc/{pid}/task").glob("*/stat")):
+        await asyncio.sleep(0.01)
+
+
 def test_a_stopped_worker_is_silent_and_abort_fails_its_calls_with_the_reason(tmp_path: Path) -> None:
     async def scenario() -> None:
         worker, pending = await busy_worker(tmp_path)
         os.kill(worker.pid, signal.SIGSTOP)
+        await stopped(worker.pid)
         worker.ping()
         asked = worker.last_seen  # the time of the first unanswered ping
         await asyncio.sleep(0.3)

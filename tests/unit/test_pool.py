@@ -21,6 +21,7 @@ class FakeWorker:
     def __init__(self, slot: int, answer: Any = None, beats: bool = True) -> None:
         self.slot, self.gpus, self.pid = slot, (), 1000 + slot
         self.state, self.in_flight, self.info, self.error = "starting", 0, {"verbs": {"post": []}}, None
+        self.init_traceback: str | None = None
         self.started_at = self.last_seen = time.monotonic()
         self.answer, self.beats = answer, beats
         self.aborted: str | None = None
@@ -75,6 +76,24 @@ class FakeWorker:
 
     def describe(self) -> dict[str, Any]:
         return {"slot": self.slot, "pid": self.pid, "state": self.state}
+
+
+class DiesAtStart(FakeWorker):
+    """Exits with ``code`` before it is ready, as a handler calling ``os._exit(1)`` in ``__init__``."""
+
+    def __init__(self, slot: int, code: int = 1) -> None:
+        super().__init__(slot)
+        self.code = code
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._exit = loop.create_future()
+        loop.call_later(0.05, self.exit, self.code)
+
+    async def wait_ready(self) -> bool:
+        assert self._exit is not None
+        await asyncio.wait({self._exit})  # not awaited directly: a cancelled wait must not cancel the exit
+        return False
 
 
 def pool_of(workers: list[FakeWorker], **config: Any) -> tuple[WorkerPool, list[FakeWorker]]:
@@ -242,6 +261,43 @@ def test_many_calls_at_once_are_admitted_up_to_capacity_with_request_timeout_set
         outcomes = await results
         assert sum(isinstance(o, Response) for o in outcomes) == 1
         assert sum(isinstance(o, ApiUnavailable) for o in outcomes) == 3
+        await pool.stop(1)
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_dying_before_ready_fails_waiting_calls_at_once_and_calls_during_backoff_too() -> None:
+    async def scenario() -> None:
+        pool, started = pool_of([DiesAtStart(0), DiesAtStart(0, code=-9)], ready_wait=30)
+        pool.start()
+        async with asyncio.timeout(5):  # not ready_wait: nobody waits for a worker that died
+            with pytest.raises(ApiUnavailable, match="worker exited with code 1 before it was ready") as waiting:
+                await pool.call(call("waiting"))
+            with pytest.raises(ApiUnavailable, match=r"next start in 1s") as backoff:
+                await pool.call(call("during backoff"))
+        assert waiting.value.retry_after is not None and 0 < waiting.value.retry_after <= 0.5
+        assert backoff.value.retry_after is not None and backoff.value.retry_after <= 0.5
+        assert pool.state == "failed"
+        while len(started) < 2 or pool.workers[0] is not started[1] or pool._backoff[0] is None:
+            await asyncio.sleep(0.02)
+        with pytest.raises(ApiUnavailable, match=r"killed by SIGKILL \(out of memory\?\) before it was ready"):
+            await pool.call(call("second failure"))
+        async with asyncio.timeout(5):  # the third worker is a healthy one: the API recovers
+            while pool.state != "ready":
+                await asyncio.sleep(0.02)
+        assert (await pool.call(call("fine"))).status == 200
+        await pool.stop(1)
+
+    asyncio.run(scenario())
+
+
+def test_waiting_for_all_workers_reports_a_death_before_ready_at_once() -> None:
+    async def scenario() -> None:
+        pool, _ = pool_of([DiesAtStart(0), DiesAtStart(1), DiesAtStart(0), DiesAtStart(1)], ready_wait=30)
+        pool.start()
+        started = time.monotonic()
+        assert await pool.wait_all_ready(30) == "worker exited with code 1 before it was ready"
+        assert time.monotonic() - started < 5
         await pool.stop(1)
 
     asyncio.run(scenario())

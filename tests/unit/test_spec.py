@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -405,6 +406,93 @@ def test_yaml_oddities_are_reported_not_crashed_on(tmp_path, monkeypatch):
     assert "document too large" in errors(tmp_path, bomb)
 
 
+def write_bytes_project(root: Path, data: bytes) -> Path:
+    (root / "handler.py").write_text("class Handler:\n    pass\n")
+    (root / "cortex.yaml").write_bytes(data)
+    return root
+
+
+def byte_errors(root: Path, data: bytes) -> str:
+    with pytest.raises(SpecError) as info:
+        load_project(write_bytes_project(root, data))
+    return str(info.value)
+
+
+def test_control_characters_are_reported_at_their_line(tmp_path):
+    text = byte_errors(tmp_path, MINIMAL.encode().replace(b"RealtimeAPI", b"Realtime\x00API"))
+    assert text == "cortex.yaml:2: invalid YAML: a NUL byte (U+0000) in column 17 is not allowed in a YAML file"
+    text = byte_errors(tmp_path, MINIMAL.encode() + b"  compute: {cpu: \x07}\n")
+    assert text.startswith("cortex.yaml:5: invalid YAML: character U+0007 in column 18")
+
+
+def test_bytes_that_are_not_utf8_are_reported_at_their_line(tmp_path):
+    text = byte_errors(tmp_path, MINIMAL.encode().replace(b"iris", b"ir\xffis"))
+    assert text == "cortex.yaml:1: not UTF-8 text: byte 0xff in column 11 (invalid start byte); save the file as UTF-8"
+    text = byte_errors(tmp_path, MINIMAL.encode("utf-16"))
+    assert text.startswith("cortex.yaml:1: not UTF-8 text") and "it looks like UTF-16" in text
+
+
+def test_windows_line_endings_keep_line_numbers(tmp_path):
+    text = byte_errors(tmp_path, realtime("  compute: {gpu: -1}\n").encode().replace(b"\n", b"\r\n"))
+    assert text.startswith("cortex.yaml:5: apis[0].compute.gpu")
+
+
+@pytest.mark.parametrize("text, line", [
+    ("[" * 10_000, 1),
+    ("{a: " * 5_000, 1),
+    ("".join(" " * i + f"k{i}:\n" for i in range(3_000)), 100),
+    ("- " * 3_000 + "x\n", 1),
+], ids=["flow-lists", "flow-mappings", "block-mappings", "block-lists"])
+def test_deep_nesting_is_refused_not_crashed_on(tmp_path, text, line):
+    assert errors(tmp_path, text).startswith(f"cortex.yaml:{line}: nested too deeply: more than 100 levels")
+
+
+def test_aliases_cannot_nest_deeper_than_the_limit(tmp_path):
+    lines = ["- &a0 [x]"] + [f"- &a{i} [[[[[[[[[[*a{i - 1}]]]]]]]]]]" for i in range(1, 30)]
+    text = errors(tmp_path, "\n".join(lines) + "\n")
+    assert "nested too deeply" in text and text.startswith("cortex.yaml:")
+
+
+def test_alias_and_merge_bombs_stop_quickly(tmp_path):
+    laughs = ["- &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    laughs += [f"- &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    merges = ["- &m0 {k: v}"] + [f"- &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 10)}]}}" for i in range(1, 9)]
+    for bomb in (laughs, merges):
+        started = time.monotonic()
+        text = errors(tmp_path, "\n".join(bomb) + "\n")
+        assert time.monotonic() - started < 10
+        assert "document too large: more than 200000 values after expanding aliases" in text
+        assert text.startswith("cortex.yaml:")
+
+
+def test_merge_keys_are_overridden_by_keys_written_beside_them(tmp_path):
+    project = load(tmp_path, """\
+        - &base
+          name: one
+          kind: RealtimeAPI
+          handler: {path: handler.py}
+        - <<: *base
+          name: two
+        - <<: [{name: three, kind: AsyncAPI}, *base]
+    """)
+    assert [(a.name, a.kind) for a in project.apis] == [("one", "RealtimeAPI"), ("two", "RealtimeAPI"),
+                                                       ("three", "AsyncAPI")]
+    assert "merge key (<<) takes a mapping" in errors(tmp_path, MINIMAL + "  <<: 5\n")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("2021-13-45", "'2021-13-45' is not a valid timestamp (month must be in 1..12)"),
+    ("!!int abc", "'abc' is not a valid int"),
+    ("!!float abc", "'abc' is not a valid float"),
+    ("!!timestamp abc", "'abc' is not a valid timestamp"),
+    ('!!int ""', "'' is not a valid int"),
+    ("1" * 5000, "is not a valid int (Exceeds the limit (4300 digits)"),
+], ids=["bad-date", "bad-int", "bad-float", "bad-timestamp", "empty-int", "huge-int"])
+def test_values_pyyaml_cannot_construct_are_reported(tmp_path, value, message):
+    text = errors(tmp_path, realtime(f"    config: {{when: {value}}}\n"))
+    assert "cortex.yaml:5: apis[0].handler.config.when: " in text and message in text
+
+
 def test_spec_error_pickles_with_its_issues(tmp_path):
     with pytest.raises(SpecError) as info:
         load(tmp_path, realtime("  compute: {gpu: -1}\n"))
@@ -558,7 +646,41 @@ def test_handler_path_must_stay_inside_the_project(tmp_path):
     assert "cortex.yaml:8: apis[1].handler.path: must be relative to the project directory" in text
     assert 'cortex.yaml:12: apis[2].handler.path: must stay inside the project directory, got "link.py"' in text
     assert 'cortex.yaml:16: apis[3].handler.path: file "nothere.py" not found in the project directory' in text
-    assert 'cortex.yaml:20: apis[4].handler.path: must be a .py or .pickle file, got "handler.txt"' in text
+    assert 'cortex.yaml:20: apis[4].handler.path: must be a Python file ending in .py, got "handler.txt"' in text
+
+
+@pytest.mark.parametrize("block, path", [("handler", "handler.pickle"), ("handler", "handler"),
+                                         ("definition", "task.pickle")])
+def test_code_paths_must_be_python_files(tmp_path, block, path):
+    kind = "TaskAPI" if block == "definition" else "RealtimeAPI"
+    text = errors(tmp_path, f"- name: iris\n  kind: {kind}\n  {block}:\n    path: {path}\n", files=(path,))
+    assert text == f'cortex.yaml:4: apis[0].{block}.path: must be a Python file ending in .py, got "{path}"'
+
+
+def test_code_paths_that_cannot_be_resolved_are_errors(tmp_path):
+    (tmp_path / "loop.py").symlink_to("loop.py")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    text = errors(tmp_path, realtime("").replace("handler.py", "a/x.py"))
+    assert 'cortex.yaml:4: apis[0].handler.path: cannot be resolved (Symlink loop' in text
+    text = errors(tmp_path, realtime("").replace("handler.py", '"nul\\0.py"'))
+    assert 'cortex.yaml:4: apis[0].handler.path: cannot be resolved (embedded null byte), got "nul\\u0000.py"' in text
+    assert "cannot be resolved (Symlink loop" in errors(tmp_path, realtime("").replace("handler.py", "loop.py"))
+
+
+def test_dotenv_symlink_must_stay_inside_the_project(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (tmp_path / "secrets.env").write_text("TOKEN=outside\n")
+    (project / ".env").symlink_to(tmp_path / "secrets.env")
+    text = errors(project, MINIMAL)
+    assert text == (f".env: must stay inside the project directory, got a symlink to {tmp_path / 'secrets.env'}; "
+                    "copy the file into the project")
+    (project / ".env").unlink()
+    (project / "config").mkdir()
+    (project / "config" / "app.env").write_text("TOKEN=inside\n")
+    (project / ".env").symlink_to("config/app.env")
+    assert load(project, MINIMAL).api("iris")
 
 
 def test_handler_path_in_a_subdirectory_and_python_path(tmp_path):
