@@ -262,6 +262,10 @@ class InferdHttpProtocol(HttpToolsProtocol):
             return
         self._rejected = True
         self.idle.mark(self, False)
+        if self.cycle is not None and not self.cycle.response_complete:
+            # a pipelined request is still being answered: its answer can no longer be sent
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
         log.info("http_request_rejected", status=status, client=_peer(self.client), error=message)
         self.transport.write(json_response(status, message))
         if self.transport.can_write_eof():
