@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from inferd.logs import get_logger
-from inferd.store import AsyncJobStore
+from inferd.store import AsyncJobStore, RunPodJobStore
 
 log = get_logger()
 
@@ -19,6 +19,9 @@ async def open_job_store(path: Path) -> AsyncJobStore:
     requeued, failed = await store.recover()
     if requeued or failed:
         log.warning("async_jobs_recovered", requeued=requeued, failed=failed)
+    requeued, failed = await RunPodJobStore(store).recover()
+    if requeued or failed:
+        log.warning("runpod_jobs_recovered", requeued=requeued, failed=failed)
     return store
 
 

@@ -16,6 +16,7 @@ from inferd.spec import ApiSpec
 KINDS: dict[str, str] = {
     "RealtimeAPI": "inferd.kinds.realtime:RealtimeKind",
     "AsyncAPI": "inferd.kinds.asyncapi:AsyncKind",
+    "RunPodAPI": "inferd.kinds.runpod:RunPodKind",
 }
 
 
@@ -31,7 +32,8 @@ def get_kind(name: str) -> Kind | None:
 
 
 def unsupported_kind(name: str) -> str:
-    return f"{name} is not supported by this version of inferd yet ({' and '.join(KINDS)} are)"
+    *others, last = KINDS
+    return f"{name} is not supported by this version of inferd yet ({', '.join(others)} and {last} are)"
 
 
 def unsupported_reason(api: ApiSpec) -> str | None:

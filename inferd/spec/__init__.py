@@ -1,5 +1,7 @@
 """cortex.yaml as frozen dataclasses with Cortex's defaults; errors name file, line and field.
 
+With no cortex.yaml, a RunPod worker repository becomes one RunPodAPI (discover.py).
+
 Imports nothing else of inferd's.
 """
 
@@ -19,6 +21,7 @@ from .model import (
     PodSpec,
     ProbeSpec,
     ProjectSpec,
+    RunPodSpec,
     TaskDefinition,
     TrafficTarget,
     UpdateStrategySpec,
@@ -41,6 +44,7 @@ __all__ = [
     "PodSpec",
     "ProbeSpec",
     "ProjectSpec",
+    "RunPodSpec",
     "SpecError",
     "SpecIssue",
     "TaskDefinition",

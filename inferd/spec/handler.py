@@ -39,16 +39,16 @@ def read_handler(parent: Block, kind: str, project_dir: Path) -> HandlerSpec:
         block.ignore(key, IMAGE_UNUSED)
     return HandlerSpec(
         type=handler_type,
-        path=_code_path(block, project_dir),
+        path=code_path(block, project_dir),
         protobuf_path=protobuf_path,
-        dependencies=_dependencies(block),
+        dependencies=read_dependencies(block),
         multi_model_reloading=block.free_map("multi_model_reloading"),
         models=block.free_map("models"),
         server_side_batching=batching,
         processes_per_replica=processes,
         threads_per_process=threads,
         config=block.free_map("config") or EMPTY,
-        python_path=_python_path(block, project_dir),
+        python_path=read_python_path(block, project_dir),
         image=block.string("image"),
         tensorflow_serving_image=block.string("tensorflow_serving_image"),
         env=block.env("env", ("CORTEX_",)),
@@ -63,10 +63,10 @@ def read_definition(parent: Block, project_dir: Path) -> TaskDefinition:
     block.ignore("shm_size", NOT_ENFORCED)
     block.ignore("image", IMAGE_UNUSED)
     return TaskDefinition(
-        path=_code_path(block, project_dir),
+        path=code_path(block, project_dir),
         config=block.free_map("config") or EMPTY,
-        dependencies=_dependencies(block),
-        python_path=_python_path(block, project_dir),
+        dependencies=read_dependencies(block),
+        python_path=read_python_path(block, project_dir),
         image=block.string("image"),
         env=block.env("env", ("CORTEX_",)),
         log_level=block.string("log_level", "info", choices=LOG_LEVELS) or "info",
@@ -121,7 +121,7 @@ def _batching(block: Block, kind: str, protobuf_path: str | None) -> BatchingSpe
     return BatchingSpec(max_batch_size=size, batch_interval=interval)
 
 
-def _dependencies(block: Block) -> DependenciesSpec:
+def read_dependencies(block: Block) -> DependenciesSpec:
     sub = block.sub("dependencies", ("pip", "conda", "shell"))
     for key in ("pip", "conda", "shell"):
         sub.ignore(key, NOT_INSTALLED)
@@ -133,7 +133,7 @@ def _dependencies(block: Block) -> DependenciesSpec:
     )
 
 
-def _code_path(block: Block, project_dir: Path) -> str:
+def code_path(block: Block, project_dir: Path) -> str:
     path = block.string("path", "", required=True) or ""
     if not path:
         return ""
@@ -144,7 +144,7 @@ def _code_path(block: Block, project_dir: Path) -> str:
     return path
 
 
-def _python_path(block: Block, project_dir: Path) -> str | None:
+def read_python_path(block: Block, project_dir: Path) -> str | None:
     path = block.string("python_path")
     if path is None:
         return None

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
+from .discover import discover_runpod
 from .errors import NOT_ENFORCED, Collector, SpecError, SpecIssue
 from .fields import Block, describe
 from .handler import read_definition, read_handler
@@ -20,6 +20,9 @@ from .model import (
     TrafficTarget,
 )
 from .pods import read_pod
+from .runpod import API_FIELDS as RUNPOD_FIELDS
+from .runpod import API_HINTS as RUNPOD_HINTS
+from .runpod import RUNPOD_KIND, read_runpod_api
 from .sections import (
     read_autoscaling,
     read_compute,
@@ -28,7 +31,7 @@ from .sections import (
     read_update_strategy,
 )
 from .units import parse_quantity
-from .validate import Located, check_project, read_splits
+from .validate import Located, check_project, name_problem, read_splits
 from .yamlnodes import Node, compose
 
 _SCALED = ("RealtimeAPI", "AsyncAPI")
@@ -38,15 +41,19 @@ _FIELDS = {
     "BatchAPI": ("name", "kind", "handler", "pod", "compute", "node_groups", "networking"),
     "TaskAPI": ("name", "kind", "definition", "pod", "compute", "node_groups", "networking"),
     "TrafficSplitter": ("name", "kind", "apis", "networking"),
+    RUNPOD_KIND: RUNPOD_FIELDS,
 }
 _FIELDS["AsyncAPI"] = _FIELDS["RealtimeAPI"]
 _ALL_FIELDS = tuple(dict.fromkeys(f for fields in _FIELDS.values() for f in fields))
-NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+DEFAULT_CONFIG = "cortex.yaml"
 _EXAMPLE = "- name: my-api\n  kind: RealtimeAPI\n  handler:\n    path: handler.py"
 
 
-def load_project(project_dir: str | os.PathLike[str], config_file: str | os.PathLike[str] = "cortex.yaml") -> ProjectSpec:
-    """Read and validate `project_dir/config_file`; raises SpecError listing every problem."""
+def load_project(project_dir: str | os.PathLike[str], config_file: str | os.PathLike[str] = DEFAULT_CONFIG) -> ProjectSpec:
+    """Read and validate `project_dir/config_file`; raises SpecError listing every problem.
+
+    With no cortex.yaml, a RunPod worker repository is served as one RunPodAPI (see discover).
+    """
     root = Path(project_dir).resolve()
     label = os.fspath(config_file)
     config_path = root / config_file  # an absolute config_file replaces root here
@@ -57,6 +64,8 @@ def load_project(project_dir: str | os.PathLike[str], config_file: str | os.Path
     try:
         data = config_path.read_bytes()
     except FileNotFoundError:
+        if label == DEFAULT_CONFIG:  # a file named on purpose must exist
+            return _without_config(root, f"file not found: {config_path}")
         out.add(None, "", f"file not found: {config_path}")
     except OSError as exc:
         out.add(None, "", f"cannot read {config_path}: {exc.strerror or exc}")
@@ -64,6 +73,15 @@ def load_project(project_dir: str | os.PathLike[str], config_file: str | os.Path
     text = _decode(data, out)
     _check_dotenv(root, out)
     return _parse(text, root, config_path, out)
+
+
+def _without_config(root: Path, missing: str) -> ProjectSpec:
+    """A RunPod worker repository served as it is; SpecError saying `missing` when it is not one."""
+    project = discover_runpod(root, missing)
+    out = Collector(DEFAULT_CONFIG)
+    _check_dotenv(root, out)
+    out.raise_if_any()
+    return project
 
 
 def _decode(data: bytes, out: Collector) -> str:
@@ -151,6 +169,8 @@ def _read_api(out: Collector, node: Node, index: int, root: Path) -> Located | N
         splits, targets = read_splits(block)
         api = ApiSpec(name=name, kind=kind, line=block.line, networking=read_networking(block, name),
                       traffic_splits=splits)
+    elif kind == RUNPOD_KIND:
+        api = read_runpod_api(block, name, root)
     else:
         api = _workload(block, kind, name, root)
     return Located(api, path, block.line_of("name"), block.line_at("networking", "endpoint"), targets)
@@ -167,18 +187,21 @@ def _allowed(node: Node, kind: str | None) -> tuple[str, ...]:
 
 def _pod_only(node: Node, kind: str) -> bool:
     code_key = "definition" if kind == "TaskAPI" else "handler"
-    return kind != "TrafficSplitter" and node.is_map and "pod" in node.value and code_key not in node.value
+    return kind not in ("TrafficSplitter", RUNPOD_KIND) and node.is_map and "pod" in node.value and code_key not in node.value
 
 
 def _hints(node: Node, kind: str | None) -> dict[str, str]:
     if kind is None:
         return {}
-    hints = {}
+    if kind == RUNPOD_KIND:
+        return dict(RUNPOD_HINTS)
+    hints = {"runpod": f"is only used by {RUNPOD_KIND}"}
     if _pod_only(node, kind):
         hints["compute"] = "with pod, compute goes inside each container (pod.containers[*].compute)"
     if kind not in _SCALED:
         for key in ("autoscaling", "update_strategy"):
             hints[key] = "is only supported for RealtimeAPI and AsyncAPI"
+        hints["autoscaling"] += f" ({RUNPOD_KIND} takes autoscaling.min_replicas)"
     if kind == "TaskAPI":
         hints["handler"] = "TaskAPI uses definition (or pod), not handler"
     elif kind != "TrafficSplitter":
@@ -190,15 +213,9 @@ def _hints(node: Node, kind: str | None) -> dict[str, str]:
 
 def _name(block: Block) -> str:
     name = block.string("name", "", required=True) or ""
-    if not name:
-        return name
-    if not NAME.fullmatch(name):
-        block.issue("name", "must be lower-case letters, digits and '-', start with a letter and "
-                            f"end with a letter or digit, got {describe(name)}")
-    elif len(name) > 42:
-        block.issue("name", f"must be at most 42 characters, got {len(name)}")
-    elif name.startswith("b-"):
-        block.issue("name", f'must not start with "b-", got {describe(name)}')
+    problem = name_problem(name) if name else None
+    if problem is not None:
+        block.issue("name", problem)
     return name
 
 

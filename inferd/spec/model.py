@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path, PurePath
 from typing import Any
 
-KINDS = ("RealtimeAPI", "AsyncAPI", "BatchAPI", "TaskAPI", "TrafficSplitter")
+KINDS = ("RealtimeAPI", "AsyncAPI", "BatchAPI", "TaskAPI", "TrafficSplitter", "RunPodAPI")
 
 
 class FrozenMap(Mapping[Any, Any]):
@@ -124,6 +125,8 @@ class HandlerSpec:
     log_level: str = "info"
     shm_size: str | None = None
     request_timeout: float | None = None  # inferd's own: seconds before 504 and a new worker
+    args: tuple[str, ...] = ()  # RunPodAPI: the worker's sys.argv[1:]
+    runner: str = "direct"  # RunPodAPI: "direct" or "sdk" (how the worker file is run)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,6 +220,37 @@ class TrafficTarget:
     shadow: bool = False
 
 
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RunPodSpec:
+    """A RunPodAPI's queue settings (cortex.yaml `runpod:`), with RunPod's defaults.
+
+    Durations are seconds, sizes bytes. RunPod documents its body limits as "10 MB" and
+    "20 MB"; MiB is the generous reading, so inferd never refuses what RunPod would take.
+    The API's routes live under networking.endpoint (default /v2/<name>): <endpoint>/run,
+    /runsync, /status/<id>, /stream/<id>, /cancel/<id>, /retry/<id>, /purge-queue, /health.
+    """
+
+    execution_timeout: float = 600.0
+    ttl: float = 86400.0
+    run_retention: float = 1800.0
+    runsync_retention: float = 60.0
+    max_run_body: int = 10 * MIB
+    max_runsync_body: int = 20 * MIB
+    api_keys: tuple[str, ...] = ()  # empty: any Authorization header (or none) is accepted
+
+    # The job store keeps retention as timedeltas.
+    @property
+    def run_retention_delta(self) -> timedelta:
+        return timedelta(seconds=self.run_retention)
+
+    @property
+    def runsync_retention_delta(self) -> timedelta:
+        return timedelta(seconds=self.runsync_retention)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ApiSpec:
     name: str
@@ -231,6 +265,10 @@ class ApiSpec:
     networking: NetworkingSpec
     traffic_splits: tuple[TrafficTarget, ...] = ()
     node_groups: tuple[str, ...] | None = None
+    runpod: RunPodSpec | None = None  # RunPodAPI only
+    # compute.gpu came from .runpod/hub.json's gpuCount, a hint: on a node with fewer GPUs the
+    # workers start with what there is, and say so. From cortex.yaml, compute.gpu is strict.
+    gpu_hint: bool = False
 
     @property
     def is_grpc(self) -> bool:

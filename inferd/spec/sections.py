@@ -170,11 +170,13 @@ def _surge_value(block: Block, key: str) -> str:
     return text
 
 
-def read_networking(parent: Block, name: str) -> NetworkingSpec:
+def read_networking(parent: Block, name: str, default_endpoint: str | None = None) -> NetworkingSpec:
+    """`default_endpoint` when none is written: RunPodAPI's is /v2/<name>, the others' /<name>."""
     block = parent.sub("networking", ("endpoint", "allow_origins"))
     raw = block.string("endpoint")
     endpoint = None if raw is None else normalise_endpoint(block, raw)
-    return NetworkingSpec(endpoint=endpoint or f"/{name}", allow_origins=read_allow_origins(block))
+    fallback = default_endpoint or f"/{name}"
+    return NetworkingSpec(endpoint=endpoint or fallback, allow_origins=read_allow_origins(block))
 
 
 def read_allow_origins(block: Block) -> tuple[str, ...]:

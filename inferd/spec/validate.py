@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .errors import Collector
 from .fields import Block, describe
 from .model import ApiSpec, TrafficTarget
+
+API_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+MAX_NAME = 42
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name an API (as cortex.yaml reports it), or None when it can."""
+    if not API_NAME.fullmatch(name):
+        return ("must be lower-case letters, digits and '-', start with a letter and "
+                f"end with a letter or digit, got {describe(name)}")
+    if len(name) > MAX_NAME:
+        return f"must be at most {MAX_NAME} characters, got {len(name)}"
+    if name.startswith("b-"):
+        return f'must not start with "b-", got {describe(name)}'
+    return None
 
 
 @dataclass
@@ -61,6 +77,7 @@ def _check_split_totals(parent: Block, located: list[tuple[TrafficTarget, int, s
 def check_project(out: Collector, apis: list[Located]) -> None:
     _check_names(out, apis)
     _check_endpoints(out, apis)
+    _check_runpod_routes(out, apis)
     _check_split_members(out, apis)
 
 
@@ -90,6 +107,18 @@ def _check_endpoints(out: Collector, apis: list[Located]) -> None:
         out.add(item.endpoint_line, f"{item.path}.networking.endpoint",
                 f"endpoint {endpoint} of API {describe(item.api.name)} collides with API "
                 f"{describe(other.api.name)} (line {other.api.line})")
+
+
+def _check_runpod_routes(out: Collector, apis: list[Located]) -> None:
+    # A RunPodAPI's endpoint is a base: /run, /runsync, /status/<id>... live under it.
+    for base in (item for item in apis if item.api.kind == "RunPodAPI"):
+        prefix = base.api.networking.endpoint + "/"
+        for item in apis:
+            endpoint = item.api.networking.endpoint
+            if item is not base and endpoint.startswith(prefix):
+                out.add(item.endpoint_line, f"{item.path}.networking.endpoint",
+                        f"endpoint {endpoint} of API {describe(item.api.name)} lies under the routes of "
+                        f"RunPodAPI {describe(base.api.name)} ({prefix}run, {prefix}status/<id>, ...)")
 
 
 def _check_split_members(out: Collector, apis: list[Located]) -> None:

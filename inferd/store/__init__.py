@@ -1,7 +1,11 @@
-"""The job store: the only part of inferd that speaks SQL (SQLite, WAL, group commit)."""
+"""The job store: the only part of inferd that speaks SQL (SQLite, WAL, group commit).
+
+AsyncAPI jobs: AsyncJobStore; RunPod queue-API jobs: RunPodJobStore (its status strings are in
+``inferd.store.runpod``), sharing the same file and writer."""
 
 from .jobs import AsyncJobStore, Job, utc_now
 from .queries import UnknownJob
+from .runpod import RunPodJob, RunPodJobStore
 from .schema import (
     COMPLETED,
     CURRENT_VERSION,
@@ -16,6 +20,8 @@ from .writer import StoreClosed, WriterStats
 __all__ = [
     "AsyncJobStore",
     "Job",
+    "RunPodJob",
+    "RunPodJobStore",
     "utc_now",
     "UnknownJob",
     "SchemaTooNew",

@@ -264,6 +264,17 @@ class AsyncJobStore:
         counts.update({status: n for status, n in rows})
         return counts
 
+    # --- for the other job tables in the same file (store/runpod.py): one writer, one pool ---
+
+    async def write(self, operation: Raw | RawInsert) -> Any:
+        """Run ``operation`` in the writer's next group commit; returns once it is committed."""
+        return await self._writer.execute(operation)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(sqlite3_connection, *args)`` on one of the read-only connections."""
+        self._check_open()
+        return await self._readers.run(fn, *args)
+
     async def _read(self, fn: Callable[..., T], sql: str, params: tuple[Any, ...]) -> T:
         if self._closed:
             raise StoreClosed("the job store is closed")

@@ -58,6 +58,42 @@ jobs = Table(
 Index("jobs_api_status_seq", jobs.c.api, jobs.c.status, jobs.c.seq)
 Index("jobs_created_at", jobs.c.created_at)
 
+# RunPod queue-API jobs (spec runpod.md §4; store/runpod.py). Statuses are RunPod's uppercase ones.
+runpod_jobs = Table(
+    "runpod_jobs",
+    metadata,
+    Column("seq", Integer, primary_key=True),  # queue order, as jobs.seq; retry gives a new one
+    Column("id", Text, nullable=False, unique=True),
+    Column("api", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("input", LargeBinary, nullable=False),  # JSON of the request's "input" value
+    Column("webhook", Text),
+    Column("execution_timeout_ms", Integer, nullable=False),
+    Column("ttl_ms", Integer, nullable=False),
+    Column("sync", Integer, nullable=False),  # 1: /runsync (short retention), 0: /run
+    Column("output", LargeBinary),  # JSON: the last progress while IN_PROGRESS, then the final output
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False),
+    Column("retried", Integer, nullable=False),  # times /retry re-queued it
+    Column("worker_id", Text),
+    Column("created_at", BigInteger, nullable=False),  # µs since epoch, UTC
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger),
+)
+Index("runpod_jobs_api_status_seq", runpod_jobs.c.api, runpod_jobs.c.status, runpod_jobs.c.seq)
+# For the queries over every API: recovery, the execution-timeout scan and the sweep.
+Index("runpod_jobs_status_finished_at", runpod_jobs.c.status, runpod_jobs.c.finished_at)
+
+# Stream chunks not yet handed to a /stream caller; seq orders them.
+runpod_stream = Table(
+    "runpod_stream",
+    metadata,
+    Column("job_id", Text, nullable=False),
+    Column("seq", Integer, primary_key=True),
+    Column("chunk", LargeBinary, nullable=False),
+)
+Index("runpod_stream_job_id_seq", runpod_stream.c.job_id, runpod_stream.c.seq)
+
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
 
 
@@ -96,9 +132,41 @@ def _v1_jobs(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX jobs_created_at ON jobs (created_at)")
 
 
+def _v2_runpod_jobs(conn: Connection) -> None:
+    conn.exec_driver_sql(
+        """CREATE TABLE runpod_jobs (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            api TEXT NOT NULL,
+            status TEXT NOT NULL,
+            input BLOB NOT NULL,
+            webhook TEXT,
+            execution_timeout_ms INTEGER NOT NULL,
+            ttl_ms INTEGER NOT NULL,
+            sync INTEGER NOT NULL,
+            output BLOB,
+            error TEXT,
+            attempts INTEGER NOT NULL,
+            retried INTEGER NOT NULL,
+            worker_id TEXT,
+            created_at BIGINT NOT NULL,
+            started_at BIGINT,
+            finished_at BIGINT)"""
+    )
+    conn.exec_driver_sql("CREATE INDEX runpod_jobs_api_status_seq ON runpod_jobs (api, status, seq)")
+    conn.exec_driver_sql("CREATE INDEX runpod_jobs_status_finished_at ON runpod_jobs (status, finished_at)")
+    conn.exec_driver_sql(
+        """CREATE TABLE runpod_stream (
+            job_id TEXT NOT NULL,
+            seq INTEGER PRIMARY KEY,
+            chunk BLOB NOT NULL)"""
+    )
+    conn.exec_driver_sql("CREATE INDEX runpod_stream_job_id_seq ON runpod_stream (job_id, seq)")
+
+
 Migration = Callable[[Connection], None]
 # MIGRATIONS[i] takes a database from version i to version i + 1. Append only.
-MIGRATIONS: Sequence[Migration] = (_v1_jobs,)
+MIGRATIONS: Sequence[Migration] = (_v1_jobs, _v2_runpod_jobs)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

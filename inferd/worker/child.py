@@ -1,10 +1,11 @@
 """The worker process: loads one API's Handler through its kind's runner and serves frames.
 
 This module owns what every kind of worker shares: the channel, the ``Init`` handshake (cwd,
-``sys.path``, logging, the handler threads), constructing the Handler, callbacks that run only
-after the daemon reports the response sent, and draining on ``Stop``. What a call *means*
-(an HTTP verb, an async job, an RPC) is the runner's business; the runner is named by import
-string in the ``Init`` frame, chosen by the API's kind in the daemon.
+``sys.path``, logging, the handler threads), callbacks that run only after the daemon reports
+the response sent, and draining on ``Stop``. How the user's file is loaded (a Cortex Handler
+class, a RunPod worker file) and what a call *means* (an HTTP verb, an async job, an RPC, a
+RunPod job) is the runner's business; the runner is named by import string in the ``Init``
+frame, chosen by the API's kind in the daemon.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ import structlog
 from inferd.compat import SHIM_PATH
 from inferd.logs import configure_logging, get_logger
 from inferd.worker import protocol
-from inferd.worker.handler_class import construct, find_class, load_module
 from inferd.worker.ipc import FrameProtocol
-from inferd.worker.metrics_client import MetricsClient
 from inferd.worker.output import PrintCapture
 from inferd.worker.runners.base import Runner, WorkerContext
 
@@ -97,11 +96,7 @@ class WorkerChild:
             track=self.track, on_callback=self.keep_callback,
         )
         self.runner = load_runner(init.runner)(context, init.options)
-        cls = find_class(load_module(project / init.handler_path))
-        metrics = MetricsClient(self.send_threadsafe)
-        # the init frame was decoded for this process alone: the config is already a private copy
-        available = {"config": init.config, "metrics_client": metrics, **self.runner.constructor_args()}
-        return self.runner.bind(construct(cls, available))
+        return self.runner.bind(self.runner.load_handler(init, project))
 
     # -- the channel -------------------------------------------------------------------------
 

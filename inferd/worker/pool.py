@@ -96,6 +96,7 @@ class WorkerPool:
         self._logged_failure: tuple[str, str | None] | None = None  # (error, traceback) logged in full last
         self._ready_changed = asyncio.Event()  # a worker became ready, or a slot went into backoff
         self._supervisors: list[asyncio.Task[None]] = []
+        self._retiring: set[WorkerBackend] = set()  # replaced on purpose: restarted at once, not a failure
         self.log = get_logger(api=config.api)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -122,6 +123,19 @@ class WorkerPool:
         for worker in self.workers:
             if worker is not None:
                 worker.kill()
+
+    def retire(self, worker: WorkerBackend, reason: str, drain: float | None = 0.0) -> None:
+        """Replace ``worker`` on purpose (its handler asked to be refreshed, or a job on it must
+        be stopped): a new one starts at once, and this counts as no failure. ``drain`` seconds
+        for its other calls, or None to kill it now."""
+        if worker.state not in ("starting", "ready") or worker in self._retiring:
+            return
+        self._retiring.add(worker)
+        self.log.info("worker_retired", pid=worker.pid, slot=worker.slot, reason=reason)
+        if drain is None:
+            worker.kill()
+        else:
+            asyncio.get_running_loop().create_task(worker.stop(drain))
 
     async def _supervise(self, slot: int) -> None:
         failures = 0
@@ -153,6 +167,10 @@ class WorkerPool:
                 worker.kill()
             if self.stopping:
                 return
+            if worker in self._retiring:
+                self._retiring.discard(worker)
+                failures = 0
+                continue
             self.restarts += 1
             self.config.on_restart()
             served = time.monotonic() - worker.started_at
@@ -282,6 +300,13 @@ class WorkerPool:
         if worker is None:
             raise ApiUnavailable(self._not_ready_message())
         return await self._call_on(worker, call)
+
+    def open_stream_on(self, worker: WorkerBackend, opened: protocol.Open) -> StreamCall:
+        """A streamed call on this very worker (job runners bind their consumers to workers)."""
+        try:
+            return worker.open_stream(opened)
+        except WorkerGone as exc:
+            raise WorkerDied(str(exc)) from None
 
     async def open_stream(self, opened: protocol.Open) -> StreamCall:
         worker = await self._pick()

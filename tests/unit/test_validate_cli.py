@@ -65,9 +65,9 @@ def test_validate_names_each_api_that_will_not_start(capsys):
     lines = err.splitlines()
     assert lines[-1] == "5 api(s) will not start"
     assert lines[:-1] == [
-        'cortex.yaml:7: api "trainer": TaskAPI is not supported by this version of inferd yet (RealtimeAPI and AsyncAPI are)',
+        'cortex.yaml:7: api "trainer": TaskAPI is not supported by this version of inferd yet (RealtimeAPI, AsyncAPI and RunPodAPI are)',
         'cortex.yaml:12: api "splitter": TrafficSplitter is not supported by this version of inferd yet '
-        "(RealtimeAPI and AsyncAPI are)",
+        "(RealtimeAPI, AsyncAPI and RunPodAPI are)",
         'cortex.yaml:18: api "containers": APIs with pod.containers are not supported by this version of inferd yet',
         'cortex.yaml:25: api "tf": handler.type tensorflow is not supported by inferd; use type: python',
         'cortex.yaml:33: api "models": Handler.__init__ asks for model_client: multi_model_reloading\'s model client '

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -14,7 +15,8 @@ from starlette.exceptions import HTTPException
 
 from inferd.payload import PayloadError
 from inferd.worker import protocol
-from inferd.worker.handler_class import BoundMethod
+from inferd.worker.handler_class import BoundMethod, construct, find_class, load_module
+from inferd.worker.metrics_client import MetricsClient
 from inferd.worker.render import JSON, Rendered, RenderError, error_body
 
 Outcome = tuple[int, list[list[str]], bytes, Callable[[], Any] | None]
@@ -42,6 +44,16 @@ class Runner(ABC):
         self.options = options
         self.api = context.api
         self.log = context.log
+
+    def load_handler(self, init: protocol.Init, project: Path) -> Any:
+        """Run the user's file and return what ``bind`` serves: by default Cortex's ``Handler``
+        class, constructed with the arguments it declares. Kinds whose files are not Cortex
+        handlers (RunPod workers) load their own way."""
+        cls = find_class(load_module(project / init.handler_path))
+        # the init frame was decoded for this process alone: the config is already a private copy
+        available = {"config": init.config, "metrics_client": MetricsClient(self.context.send_threadsafe),
+                     **self.constructor_args()}
+        return construct(cls, available)
 
     def constructor_args(self) -> dict[str, Any]:
         """Constructor arguments this kind offers beyond ``config`` and ``metrics_client``."""

@@ -1,0 +1,301 @@
+"""RunPod's queue API for one RunPodAPI, under its endpoint (default ``/v2/<api>``), so
+unchanged ``runpod.Endpoint`` clients work with ``RUNPOD_ENDPOINT_BASE_URL=http://<inferd>/v2``.
+
+Shapes, status strings and defaults are RunPod's (spec runpod.md §4): ``/run``, ``/runsync``,
+``/status/<id>``, ``/stream/<id>``, ``/cancel/<id>``, ``/retry/<id>``, ``/health``,
+``/purge-queue``. A job is committed to the store before ``/run`` answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import QueryParams
+from starlette.types import Receive, Scope, Send
+
+from inferd.http.body import BodyTooLarge, ClientGone, read_body
+from inferd.http.responses import send_error, send_json
+from inferd.metrics import Metrics
+from inferd.store.runpod import CANCELLED, FINAL_STATUSES, IN_QUEUE, RunPodJob, RunPodJobStore
+
+SYNC_WAIT_MS = 90_000          # /runsync's default wait
+SYNC_WAIT_RANGE = (1_000, 300_000)
+EXECUTION_TIMEOUT_RANGE = (5_000, 7 * 24 * 3_600_000)
+TTL_RANGE = (10_000, 7 * 24 * 3_600_000)
+# The SDK's stream() stops only on COMPLETED, FAILED or TIMED_OUT with an empty stream, so
+# /stream reports a cancelled job as FAILED (with its error) or its client would poll forever.
+CANCELLED_ON_STREAM = "FAILED"
+
+
+class JobRequestError(ValueError):
+    """A /run or /runsync body RunPod would refuse; the message names the field."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    input: bytes            # JSON of the request's ``input`` value
+    webhook: str | None
+    execution_timeout_ms: int
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    execution_timeout_ms: int = 600_000
+    ttl_ms: int = 86_400_000
+    max_run_body: int = 10 * 1000 * 1000
+    max_runsync_body: int = 20 * 1000 * 1000
+    api_keys: tuple[str, ...] = ()
+
+
+def parse_job_request(body: bytes, settings: QueueSettings) -> JobRequest:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise JobRequestError(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise JobRequestError('body must be a JSON object like {"input": {...}}')
+    if "input" not in data or data["input"] is None:
+        raise JobRequestError('"input" is required: send {"input": {...}}')
+    webhook = data.get("webhook")
+    if webhook is not None and (not isinstance(webhook, str) or not webhook.startswith(("http://", "https://"))):
+        raise JobRequestError(f'"webhook" must be an http(s) URL, got {webhook!r}')
+    policy = data.get("policy") or {}
+    if not isinstance(policy, dict):
+        raise JobRequestError('"policy" must be an object like {"executionTimeout": 60000}')
+    timeout = _policy_ms(policy, "executionTimeout", settings.execution_timeout_ms, EXECUTION_TIMEOUT_RANGE)
+    ttl = _policy_ms(policy, "ttl", settings.ttl_ms, TTL_RANGE)
+    return JobRequest(json.dumps(data["input"]).encode(), webhook, timeout, ttl)
+
+
+def _policy_ms(policy: dict[str, Any], name: str, default: int, bounds: tuple[int, int]) -> int:
+    value = policy.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not bounds[0] <= value <= bounds[1]:
+        raise JobRequestError(f'"policy.{name}" must be an integer of milliseconds in {bounds[0]}-{bounds[1]}, '
+                              f"got {value!r}")
+    return value
+
+
+def presented_key(scope: Scope) -> str | None:
+    """The key in ``Authorization``: ``Bearer <key>`` (the SDKs) or the bare key (RunPod's docs)."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            text: str = value.decode("latin-1").strip()
+            return text[7:].strip() if text[:7].lower() == "bearer " else text
+    return None
+
+
+def key_accepted(keys: tuple[str, ...], presented: str | None) -> bool:
+    if not keys:
+        return True
+    return presented is not None and any(hmac.compare_digest(presented, key) for key in keys)
+
+
+class FinishedJobs:
+    """Waiters for jobs to reach a final status (``/runsync``), woken by the dispatcher."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    def finished(self, job: RunPodJob) -> None:
+        for waiter in self._waiters.pop(job.id, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self, job_id: str, timeout: float) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._waiters.get(job_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(job_id, None)
+
+
+Route = Callable[[str, Scope, Receive, Send], Any]
+
+
+class RunPodEndpoint:
+    def __init__(self, api: str, jobs: RunPodJobStore, settings: QueueSettings, metrics: Metrics) -> None:
+        self.api = api
+        self.jobs = jobs
+        self.settings = settings
+        self.recorder = metrics.recorder(api)
+        self.waiting = FinishedJobs()
+        self.notify: Callable[[], None] = lambda: None
+        self.stop_job: Callable[[str, str], bool] = lambda job_id, reason: False
+        self.health_workers: Callable[[], dict[str, int]] = dict
+        self.routes: dict[tuple[str, str], Route] = {
+            ("POST", "run"): self._run, ("POST", "runsync"): self._runsync, ("GET", "status"): self._status,
+            ("GET", "stream"): self._stream, ("POST", "cancel"): self._cancel, ("POST", "retry"): self._retry,
+            ("GET", "health"): self._health, ("POST", "purge-queue"): self._purge,
+        }
+
+    def switch(self, notify: Callable[[], None], stop_job: Callable[[str, str], bool],
+               health_workers: Callable[[], dict[str, int]]) -> None:
+        """A reload replaced the API's workers and dispatcher: talk to the new ones."""
+        self.notify, self.stop_job, self.health_workers = notify, stop_job, health_workers
+
+    def job_finished(self, job: RunPodJob) -> None:
+        self.waiting.finished(job)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        self.recorder.in_flight.inc()
+        try:
+            status = await self._serve(scope, receive, send)
+        finally:
+            self.recorder.in_flight.dec()
+        if status:
+            self.recorder.observe(status, time.perf_counter() - started)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int:
+        path = scope.get("path_params", {}).get("path", "").strip("/")
+        operation, _, job_id = path.partition("/")
+        route = self.routes.get((scope["method"], operation))
+        if route is None:
+            return await self._no_route(scope["method"], operation, send)
+        if not key_accepted(self.settings.api_keys, presented_key(scope)):
+            await send_error(send, 401, self.api, "Authorization does not carry an accepted API key")
+            return 401
+        if (operation in ("status", "stream", "cancel", "retry")) != bool(job_id):
+            await send_error(send, 404, self.api, f"no route /{path} (job routes are /{operation}/<job id>)")
+            return 404
+        status: int = await route(job_id, scope, receive, send)
+        return status
+
+    async def _no_route(self, method: str, operation: str, send: Send) -> int:
+        allowed = sorted({m for m, op in self.routes if op == operation})
+        if allowed:
+            await send_error(send, 405, self.api, f"{method} /{operation} is not allowed; use {', '.join(allowed)}",
+                             [(b"allow", ", ".join(allowed).encode())])
+            return 405
+        known = ", ".join(sorted({f"/{op}" for _, op in self.routes}))
+        await send_error(send, 404, self.api, f"no route /{operation}; a RunPod endpoint answers {known}")
+        return 404
+
+    # -- submitting ------------------------------------------------------------------------------
+
+    async def _submit(self, scope: Scope, receive: Receive, send: Send, limit: int, sync: bool) -> RunPodJob | int:
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        try:
+            body = await read_body(receive, limit, length)
+        except BodyTooLarge:
+            await send_error(send, 413, self.api, f"request body is larger than the limit of {limit} bytes")
+            return 413
+        except ClientGone:
+            return 0
+        try:
+            request = parse_job_request(body, self.settings)
+        except JobRequestError as exc:
+            await send_error(send, 400, self.api, str(exc))
+            return 400
+        job = await self.jobs.submit(self.api, request.input, request.webhook, request.execution_timeout_ms,
+                                     request.ttl_ms, sync)
+        self.notify()
+        return job
+
+    async def _run(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
+        job = await self._submit(scope, receive, send, self.settings.max_run_body, sync=False)
+        if isinstance(job, int):
+            return job
+        await send_json(send, 200, {"id": job.id, "status": IN_QUEUE})
+        return 200
+
+    async def _runsync(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
+        try:
+            wait_ms = sync_wait_ms(QueryParams(scope["query_string"]))
+        except JobRequestError as exc:
+            await send_error(send, 400, self.api, str(exc))
+            return 400
+        job = await self._submit(scope, receive, send, self.settings.max_runsync_body, sync=True)
+        if isinstance(job, int):
+            return job
+        await self.waiting.wait(job.id, wait_ms / 1000)
+        current = await self.jobs.get(job.id)
+        if current is None or current.status not in FINAL_STATUSES:
+            await send_json(send, 200, {"id": job.id, "status": current.status if current else IN_QUEUE})
+            return 200
+        await send_json(send, 200, current.to_status_json())
+        return 200
+
+    # -- one job ---------------------------------------------------------------------------------
+
+    async def _known(self, job_id: str, send: Send) -> RunPodJob | None:
+        job = await self.jobs.get(job_id)
+        if job is None or job.api != self.api:
+            await send_error(send, 404, self.api, f"job {job_id} not found (unknown, or past its retention)")
+            return None
+        return job
+
+    async def _status(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
+        job = await self._known(job_id, send)
+        if job is None:
+            return 404
+        await send_json(send, 200, job.to_status_json())
+        return 200
+
+    async def _stream(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
+        job = await self._known(job_id, send)
+        if job is None:
+            return 404
+        chunks = await self.jobs.take_stream(job_id)
+        stream = [{"output": json.loads(chunk)} for chunk in chunks]
+        answer: dict[str, Any] = {"id": job.id, "status": job.status, "stream": stream}
+        if job.status == CANCELLED:
+            answer.update(status=CANCELLED_ON_STREAM, error="job was cancelled")
+        await send_json(send, 200, answer)
+        return 200
+
+    async def _cancel(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
+        if await self._known(job_id, send) is None:
+            return 404
+        job = await self.jobs.cancel(job_id)
+        if job is not None and job.status == CANCELLED:
+            self.stop_job(job_id, "cancelled by a client (/cancel)")
+            self.waiting.finished(job)
+        await send_json(send, 200, {"id": job_id, "status": job.status if job else CANCELLED})
+        return 200
+
+    async def _retry(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
+        job = await self._known(job_id, send)
+        if job is None:
+            return 404
+        retried = await self.jobs.retry(job_id)
+        if retried is None:
+            await send_error(send, 400, self.api, f"job {job_id} is {job.status}; only FAILED or TIMED_OUT jobs can be retried")
+            return 400
+        self.notify()
+        await send_json(send, 200, {"id": job_id, "status": IN_QUEUE})
+        return 200
+
+    # -- the endpoint ----------------------------------------------------------------------------
+
+    async def _health(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
+        await send_json(send, 200, {"jobs": await self.jobs.counts(self.api), "workers": self.health_workers()})
+        return 200
+
+    async def _purge(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
+        removed = await self.jobs.purge(self.api)
+        await send_json(send, 200, {"removed": removed, "status": "completed"})
+        return 200
+
+
+def sync_wait_ms(query: QueryParams) -> int:
+    raw = query.get("wait")
+    if raw is None:
+        return SYNC_WAIT_MS
+    if not raw.isdigit() or not SYNC_WAIT_RANGE[0] <= int(raw) <= SYNC_WAIT_RANGE[1]:
+        raise JobRequestError(f"wait must be milliseconds in {SYNC_WAIT_RANGE[0]}-{SYNC_WAIT_RANGE[1]}, got {raw!r}")
+    return int(raw)

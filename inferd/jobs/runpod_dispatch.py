@@ -1,0 +1,238 @@
+"""``RunPodDispatcher``: one RunPod API's queued jobs, fed to its workers as the platform would.
+
+Each worker slot has one consumer. It takes as many jobs at once as the worker's handler allows
+(``concurrency_modifier``; sync handlers one at a time, as in the SDK), opens one streamed call
+per job and writes what comes back into the store: stream items, progress, then the result the
+SDK would have posted. A job whose worker dies goes back to the queue once; the store fails it
+on its second interruption.
+
+Stopping a running job (``/cancel``, ``policy.executionTimeout``) cancels its task in the worker
+when the handler is async; a sync handler cannot be interrupted, so its worker is replaced.
+So is a worker whose result says ``stopPod`` (``refresh_worker``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from inferd.logs import get_logger
+from inferd.store.runpod import COMPLETED, FAILED, IN_PROGRESS, TIMED_OUT, RunPodJob, RunPodJobStore
+from inferd.worker import protocol
+from inferd.worker.backend import WorkerBackend
+from inferd.worker.pool import ApiUnavailable, WorkerDied, WorkerPool
+from inferd.worker.stream import StreamCall
+
+log = get_logger()
+IDLE_POLL = 1.0  # a missed wake-up costs at most this long
+ASYNC_KINDS = ("async", "async_generator")  # handlers whose jobs can be cancelled in place
+JOB_METHOD = "runpod.job"
+
+JobFinished = Callable[[RunPodJob], None]
+
+
+@dataclass
+class RunningJob:
+    job: RunPodJob
+    worker: WorkerBackend
+    stream: StreamCall
+    stop_reason: str | None = None  # set when inferd stopped it (cancel, timeout): its result is not used
+
+
+def worker_id(worker: WorkerBackend) -> str:
+    return f"{socket.gethostname()}-{worker.pid}"
+
+
+def job_message(job: RunPodJob) -> bytes:
+    """The job object the handler receives, as the platform's job-take hands it over."""
+    message: dict[str, Any] = {"id": job.id, "input": json.loads(job.input)}
+    if job.webhook is not None:
+        message["webhook"] = job.webhook
+    return json.dumps(message).encode()
+
+
+def result_fields(result: dict[str, Any]) -> tuple[str, bytes | None, str | None]:
+    """(status, output JSON, error) of the result dict the SDK would post to job-done."""
+    output = json.dumps(result["output"]).encode() if "output" in result else None
+    error = result.get("error")
+    if error:
+        return FAILED, output, error if isinstance(error, str) else json.dumps(error)
+    return COMPLETED, output, None
+
+
+class RunPodDispatcher:
+    def __init__(self, api: str, jobs: RunPodJobStore, pool: WorkerPool, on_finished: JobFinished) -> None:
+        self.api = api
+        self.jobs = jobs
+        self.pool = pool
+        self.on_finished = on_finished
+        self.stopping = False
+        self.running: dict[str, RunningJob] = {}
+        self._wakeup = asyncio.Event()
+        self._consumers: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._consumers = [loop.create_task(self._consume(slot)) for slot in range(len(self.pool.workers))]
+
+    def notify(self) -> None:
+        """A job was queued: wake idle consumers now instead of at their next poll."""
+        self._wakeup.set()
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking jobs; running ones get ``timeout`` to finish, the rest stay IN_PROGRESS
+        and go back to the queue at the next start (``recover``)."""
+        self.stopping = True
+        self._wakeup.set()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in self._consumers:
+            task.cancel()
+        await asyncio.gather(*self._consumers, return_exceptions=True)
+
+    # -- stopping one job ------------------------------------------------------------------------
+
+    def stop_job(self, job_id: str, reason: str) -> bool:
+        """Stop a running job (already marked final in the store); False when it is not running here."""
+        running = self.running.get(job_id)
+        if running is None:
+            return False
+        running.stop_reason = reason
+        if running.worker.info.get("handler_kind") in ASYNC_KINDS:
+            running.stream.cancel()
+        else:
+            self.pool.retire(running.worker, f"job {job_id}: {reason}", drain=None)
+        return True
+
+    # -- the consumer per worker -----------------------------------------------------------------
+
+    async def _consume(self, slot: int) -> None:
+        while not self.stopping:
+            try:
+                await self.pool.wait_slot_ready(slot)
+                worker = self.pool.workers[slot]
+                if worker is not None:
+                    await self._feed(worker)
+            except ApiUnavailable:
+                if self.stopping:
+                    return
+                await asyncio.sleep(IDLE_POLL)
+            except Exception as exc:  # noqa: BLE001 - e.g. a busy disk: retry, never die
+                log.error("runpod_dispatch_failed", api=self.api, slot=slot, error=str(exc), exc_info=exc)
+                await asyncio.sleep(IDLE_POLL)
+
+    async def _feed(self, worker: WorkerBackend) -> None:
+        """Jobs for this worker until it is no longer ready."""
+        mine: set[asyncio.Task[None]] = set()
+        limit = max(1, int(worker.info.get("concurrency", 1)))
+        while not self.stopping and worker.state == "ready":
+            if len(mine) >= limit:
+                await asyncio.wait(mine, return_when=asyncio.FIRST_COMPLETED)
+                limit = max(1, int(worker.info.get("concurrency", limit)))
+                continue
+            self._wakeup.clear()
+            job = await self.jobs.claim(self.api, worker_id(worker))
+            if job is None:
+                waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wakeup.wait()), *mine}
+                done, _ = await asyncio.wait(waits, timeout=IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waits - set(mine):
+                    waiter.cancel()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(worker, job))
+            for group in (mine, self._tasks):
+                group.add(task)
+                task.add_done_callback(group.discard)
+        if mine:  # a replaced worker's jobs end (requeued or final) before its slot takes more
+            await asyncio.wait(mine)
+
+    # -- one job ---------------------------------------------------------------------------------
+
+    async def _run(self, worker: WorkerBackend, job: RunPodJob) -> None:
+        try:
+            stream = self.pool.open_stream_on(worker, protocol.Open(0, job.id, JOB_METHOD, body=job_message(job)))
+        except WorkerDied as exc:
+            await self._interrupted(job, str(exc))
+            return
+        running = self.running[job.id] = RunningJob(job, worker, stream)
+        try:
+            result = await asyncio.wait_for(self._follow(running), job.execution_timeout_ms / 1000)
+        except TimeoutError:
+            await self._timed_out(running)
+            return
+        finally:
+            self.running.pop(job.id, None)
+        if running.stop_reason is not None:
+            return  # cancelled: the store already says so, and nothing the worker sent counts
+        if result is None:
+            await self._interrupted(job, (stream.end.details if stream.end else "") or "the worker ended the job")
+            return
+        await self._finish(running, result)
+
+    async def _follow(self, running: RunningJob) -> dict[str, Any] | None:
+        """Stream items and progress into the store until the worker's result (None: none came)."""
+        job_id = running.job.id
+        async for body in running.stream.messages():
+            message = json.loads(body)
+            if "stream" in message:
+                await self.jobs.append_stream(job_id, json.dumps(message["stream"]).encode())
+            elif "progress" in message:
+                await self.jobs.set_progress(job_id, json.dumps(message["progress"]).encode())
+            elif "result" in message:
+                if "concurrency" in message:
+                    running.worker.info["concurrency"] = message["concurrency"]
+                return dict(message["result"])
+        return None
+
+    async def _finish(self, running: RunningJob, result: dict[str, Any]) -> None:
+        status, output, error = result_fields(result)
+        finished = await self.jobs.finish(running.job.id, status, output, error)
+        if result.get("stopPod"):
+            self.pool.retire(running.worker, "the handler asked for a fresh worker (refresh_worker)")
+        if finished is not None:
+            log.info("runpod_job_finished", api=self.api, request_id=finished.id, status=status,
+                     delay_ms=finished.delay_ms, execution_ms=finished.execution_ms)
+            self.on_finished(finished)
+
+    async def _timed_out(self, running: RunningJob) -> None:
+        job = running.job
+        reason = f"execution timeout of {job.execution_timeout_ms} ms (policy.executionTimeout) passed"
+        running.stop_reason = reason
+        finished = await self.jobs.finish(job.id, TIMED_OUT, None, reason)
+        # the handler may still be running: its worker is replaced, so nothing of it lingers
+        running.worker.abort(f"job {job.id}: {reason}")
+        log.warning("runpod_job_timed_out", api=self.api, request_id=job.id, timeout_ms=job.execution_timeout_ms)
+        if finished is not None:
+            self.on_finished(finished)
+
+    async def _interrupted(self, job: RunPodJob, reason: str) -> None:
+        current = await self.jobs.get(job.id)
+        if current is None or current.status != IN_PROGRESS:
+            return
+        status = await self.jobs.requeue(job.id, f"the worker running it stopped: {reason}")
+        log.warning("runpod_job_interrupted", api=self.api, request_id=job.id, error=reason, status=status)
+        if status == FAILED:
+            finished = await self.jobs.get(job.id)
+            if finished is not None:
+                self.on_finished(finished)
+        else:
+            self.notify()
+
+
+def health_workers(pool: WorkerPool, running: dict[str, RunningJob]) -> dict[str, int]:
+    """RunPod's ``/health`` ``workers`` block, from the pool's own view of its workers."""
+    busy = {id(r.worker) for r in running.values()}
+    counts = {"idle": 0, "running": 0, "initializing": 0, "unhealthy": 0}
+    for worker in pool.workers:
+        if worker is None or worker.state == "starting":
+            counts["initializing"] += 1
+        elif worker.state == "ready":
+            counts["running" if id(worker) in busy else "idle"] += 1
+        else:
+            counts["unhealthy"] += 1
+    return counts
+

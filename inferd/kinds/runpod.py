@@ -1,0 +1,99 @@
+"""RunPodAPI: an unchanged RunPod serverless worker file, its jobs queued in the job store and
+served with RunPod's queue API under ``/v2/<api>`` (``inferd.http.runpod``); a
+``RunPodDispatcher`` feeds them to the workers, which run the file with the direct runner."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from inferd.http.cors import with_cors
+from inferd.http.routing import BaseRoute, Mount
+from inferd.http.runpod import QueueSettings, RunPodEndpoint
+from inferd.jobs.runpod_dispatch import RunPodDispatcher, health_workers
+from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, QueueConsumer
+from inferd.spec import ApiSpec, RunPodSpec
+from inferd.store.runpod import STATUSES, RunPodJobStore
+
+RUNNER = "inferd.worker.runners.runpod:RunPodRunner"
+
+
+def queue_settings(api: ApiSpec) -> QueueSettings:
+    spec = api.runpod or RunPodSpec()
+    return QueueSettings(int(spec.execution_timeout * 1000), int(spec.ttl * 1000), spec.max_run_body,
+                         spec.max_runsync_body, tuple(spec.api_keys))
+
+
+def job_store(runtime: ApiRuntime, context: KindContext) -> RunPodJobStore | None:
+    if context.store is None:
+        return None
+    store = runtime.extra.get("jobs")
+    if not isinstance(store, RunPodJobStore):
+        spec = runtime.spec.runpod or RunPodSpec()
+        store = runtime.extra["jobs"] = RunPodJobStore(context.store, spec.run_retention_delta, spec.runsync_retention_delta)
+    return store
+
+
+class RunPodKind(Kind):
+    name = "RunPodAPI"
+    needs_store = True
+
+    def unsupported(self, api: ApiSpec) -> str | None:
+        if api.handler is not None and api.handler.runner == "sdk":
+            return ("handler.runner: sdk (the SDK's own worker loop against an emulated platform) is not supported "
+                    "by this version of inferd yet; remove it to use the default direct runner")
+        return super().unsupported(api)
+
+    def worker_concurrency(self, api: ApiSpec) -> int:
+        return 1 << 16  # the dispatcher bounds jobs per worker by the handler's concurrency_modifier
+
+    def runner(self, runtime: ApiRuntime, context: KindContext) -> tuple[str, dict[str, Any]]:
+        handler = runtime.spec.handler
+        return RUNNER, {"args": list(handler.args) if handler is not None else []}
+
+    def consumer(self, runtime: ApiRuntime, context: KindContext) -> QueueConsumer | None:
+        jobs = job_store(runtime, context)
+        if runtime.pool is None or jobs is None:
+            return None
+        # built before the front (deployment order); front() connects the two
+        return RunPodDispatcher(runtime.name, jobs, runtime.pool, lambda job: None)
+
+    def front(self, runtime: ApiRuntime, context: KindContext, current: Front | None) -> Front | None:
+        jobs = job_store(runtime, context)
+        if runtime.pool is None or jobs is None:
+            return None
+        front = current if isinstance(current, RunPodEndpoint) else RunPodEndpoint(
+            runtime.name, jobs, queue_settings(runtime.spec), context.metrics)
+        front.jobs, front.settings = jobs, queue_settings(runtime.spec)
+        dispatcher = runtime.consumer
+        if isinstance(dispatcher, RunPodDispatcher):
+            dispatcher.on_finished = front.job_finished
+            pool = runtime.pool
+            front.switch(dispatcher.notify, dispatcher.stop_job, lambda: health_workers(pool, dispatcher.running))
+        return front
+
+    def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:
+        if not isinstance(front, RunPodEndpoint):
+            return ()
+        networking = runtime.spec.networking
+        return (Mount(networking.endpoint, with_cors(front, networking.allow_origins, runtime.name)),)
+
+    async def status(self, runtime: ApiRuntime, context: KindContext) -> dict[str, Any]:
+        jobs = job_store(runtime, context)
+        return {} if jobs is None else {"queue_length": await jobs.queue_length(runtime.name)}
+
+    def describe(self, runtime: ApiRuntime) -> dict[str, Any]:
+        dispatcher = runtime.consumer
+        running = len(dispatcher.running) if isinstance(dispatcher, RunPodDispatcher) else 0
+        return {"running_jobs": running, "routes": [f"{runtime.spec.networking.endpoint}/{op}" for op in
+                                                    ("run", "runsync", "status/<id>", "stream/<id>", "cancel/<id>",
+                                                     "retry/<id>", "health", "purge-queue")]}
+
+    async def refresh_gauges(self, runtime: ApiRuntime, context: KindContext) -> None:
+        jobs = job_store(runtime, context)
+        if jobs is None:
+            return
+        counts = await jobs.counts_by_status(runtime.name)
+        for status in STATUSES:
+            context.metrics.jobs.labels(runtime.name, status).set(counts.get(status, 0))
+        context.metrics.queue_length.labels(runtime.name).set(counts.get("IN_QUEUE", 0))
