@@ -1,4 +1,4 @@
-"""``inferd`` command line: ``run`` the daemon, ``validate`` a project."""
+"""``inferd`` command line: ``run`` the daemon, ``validate`` a project, ``test`` a RunPod worker."""
 
 from __future__ import annotations
 
@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
             command.add_argument("--tail", type=int, default=100, help="recent lines first (default 100)")
 
+    test = commands.add_parser("test", help="run a RunPod worker's .runpod/tests.json or test_input.json; "
+                                            "exit 1 if any test fails")
+    test.add_argument("directory", nargs="?", type=Path, default=Path("."), help="project directory (default: .)")
+    test.add_argument("--api", help="the RunPodAPI to test, when cortex.yaml has several")
+    test.add_argument("--log-level", dest="log_level", default="warning", choices=("debug", "info", "warning", "error"),
+                      help="inferd's and the worker's log lines on stderr (default warning; info shows the handler's output)")
+
     install = commands.add_parser("install-service", help="install the systemd unit and default settings")
     install.add_argument("--prefix", type=Path, default=Path("/"), help="root to install under (default /)")
     install.add_argument("--project", type=Path, help="project directory the service will serve")
@@ -96,6 +103,13 @@ def _validate(args: argparse.Namespace) -> int:
         print(found.summary(), file=sys.stderr)
         return 1
     return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")  # as in _run: it starts worker processes
+    from inferd.hubtests import run_tests
+
+    return run_tests(args.directory, args.api, args.log_level)
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
@@ -150,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "validate":
         return _validate(args)
+    if args.command == "test":
+        return _test(args)
     if args.command == "install-service":
         from inferd.service import install_service
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from inferd.gpu import GpuDevice, GpuRequest, assign_gpus
+from inferd.gpu import GpuDevice, GpuRequest, assign_gpus, hinted_gpus
 from inferd.http.routing import BaseRoute, RouteTable
 from inferd.kinds import get_kind, unsupported_reason
 from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext
@@ -51,8 +51,14 @@ class Deployment:
         """Runtimes (pools not started) for the named APIs of ``project``."""
         wanted = set(names)
         servable = [api for api in project.apis if unsupported_reason(api) is None and api.name in wanted]
-        requests = [GpuRequest(api.name, api.replicas, api.processes_per_replica, api.gpus_per_replica)
-                    for api in servable]
+        notes = {}
+        requests = []
+        for api in servable:
+            gpus, note = hinted_gpus(api.gpus_per_replica, len(inventory), api.gpu_hint)
+            if note is not None:
+                notes[api.name] = note
+                log.warning("gpu_hint_reduced", api=api.name, detail=note)
+            requests.append(GpuRequest(api.name, api.replicas, api.processes_per_replica, gpus))
         plan = assign_gpus(inventory, requests, self._placed(exclude=wanted))
         for warning in plan.warnings:
             log.warning("gpu_shared", detail=warning)
@@ -67,6 +73,8 @@ class Deployment:
                 built[api.name] = ApiRuntime(api, digests[api.name], kind, None, error)
                 continue
             runtime = ApiRuntime(api, digests[api.name], kind, None, compiled=protos.get(api.name))
+            if api.name in notes:
+                runtime.extra["gpu_note"] = notes[api.name]
             runtime.pool = WorkerPool(self._pool_config(project, runtime, kind, plan.devices[api.name]))
             built[api.name] = runtime
         return built

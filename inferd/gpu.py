@@ -280,3 +280,13 @@ def _check_indexes(indexes: Sequence[int], inventory: Sequence[GpuDevice]) -> No
     if inventory:
         unknown = sorted(set(indexes) - {device.index for device in inventory})
         _require(not unknown, f"GPU indexes {unknown} are not in the inventory")
+
+
+def hinted_gpus(wanted: int, available: int, hint: bool) -> tuple[int, str | None]:
+    """GPUs to ask for, and a note when fewer than ``wanted``. A hint (a RunPod hub.json
+    ``gpuCount``) is what the worker was sized for on the platform, not a requirement: on a
+    node with fewer GPUs it starts with those, where ``compute.gpu`` in cortex.yaml stays strict."""
+    if not hint or wanted <= available:
+        return wanted, None
+    return available, (f"hub.json asks for {wanted} GPU(s) and this node has {available}: "
+                       f"the worker starts with {available}")

@@ -35,9 +35,15 @@ class Metrics:
                                  ["api"], registry=self.registry)
         self.in_flight = Gauge("inferd_requests_in_flight", "Requests being handled", ["api"],
                                registry=self.registry)
-        self.queue_length = Gauge("inferd_queue_length", "AsyncAPI jobs waiting", ["api"], registry=self.registry)
+        self.queue_length = Gauge("inferd_queue_length", "AsyncAPI and RunPodAPI jobs waiting", ["api"], registry=self.registry)
         self.jobs = Gauge("inferd_async_jobs", "AsyncAPI jobs in the store, by status", ["api", "status"],
                           registry=self.registry)
+        self.runpod_jobs = Gauge("inferd_runpod_jobs", "RunPodAPI jobs in the store, by status", ["api", "status"],
+                                 registry=self.registry)
+        self.runpod_queue_delay = Histogram("inferd_runpod_queue_delay_seconds", "RunPodAPI jobs: time queued (delayTime)",
+                                            ["api"], registry=self.registry)
+        self.runpod_execution = Histogram("inferd_runpod_execution_seconds", "RunPodAPI jobs: time running (executionTime)",
+                                          ["api"], registry=self.registry)
         self.gpu_utilization = Gauge("inferd_gpu_utilization_ratio", "GPU busy fraction (NVML)", ["gpu"],
                                      registry=self.registry)
         self.gpu_memory_used = Gauge("inferd_gpu_memory_used_bytes", "GPU memory in use (NVML)", ["gpu"],

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from inferd.http.body import BodyTooLarge, ClientGone, read_body
 from inferd.http.responses import send_error, send_json
+from inferd.jobs.webhooks import WebhookSender
 from inferd.metrics import Metrics
 from inferd.store.runpod import CANCELLED, FINAL_STATUSES, IN_QUEUE, RunPodJob, RunPodJobStore
 
@@ -133,6 +134,7 @@ class RunPodEndpoint:
         self.settings = settings
         self.recorder = metrics.recorder(api)
         self.waiting = FinishedJobs()
+        self.webhooks = WebhookSender()
         self.notify: Callable[[], None] = lambda: None
         self.stop_job: Callable[[str, str], bool] = lambda job_id, reason: False
         self.health_workers: Callable[[], dict[str, int]] = dict
@@ -148,7 +150,11 @@ class RunPodEndpoint:
         self.notify, self.stop_job, self.health_workers = notify, stop_job, health_workers
 
     def job_finished(self, job: RunPodJob) -> None:
+        """The dispatcher finished a job: wake its /runsync waiters and call its webhook."""
         self.waiting.finished(job)
+        if job.webhook is not None:
+            payload = {**job.to_status_json(), "input": json.loads(job.input), "webhook": job.webhook}
+            self.webhooks.deliver(self.api, job.id, job.webhook, payload)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

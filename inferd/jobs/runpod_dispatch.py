@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferd.logs import get_logger
+from inferd.metrics import Metrics
 from inferd.store.runpod import COMPLETED, FAILED, IN_PROGRESS, TIMED_OUT, RunPodJob, RunPodJobStore
 from inferd.worker import protocol
 from inferd.worker.backend import WorkerBackend
@@ -29,6 +30,7 @@ from inferd.worker.stream import StreamCall
 
 log = get_logger()
 IDLE_POLL = 1.0  # a missed wake-up costs at most this long
+SWEEP_INTERVAL = 60.0  # seconds between deletions of this API's jobs past their retention or ttl
 ASYNC_KINDS = ("async", "async_generator")  # handlers whose jobs can be cancelled in place
 JOB_METHOD = "runpod.job"
 
@@ -65,8 +67,10 @@ def result_fields(result: dict[str, Any]) -> tuple[str, bytes | None, str | None
 
 
 class RunPodDispatcher:
-    def __init__(self, api: str, jobs: RunPodJobStore, pool: WorkerPool, on_finished: JobFinished) -> None:
+    def __init__(self, api: str, jobs: RunPodJobStore, pool: WorkerPool, metrics: Metrics,
+                 on_finished: JobFinished) -> None:
         self.api = api
+        self.metrics = metrics
         self.jobs = jobs
         self.pool = pool
         self.on_finished = on_finished
@@ -79,6 +83,7 @@ class RunPodDispatcher:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._consumers = [loop.create_task(self._consume(slot)) for slot in range(len(self.pool.workers))]
+        self._consumers.append(loop.create_task(self._sweep_forever()))
 
     def notify(self) -> None:
         """A job was queued: wake idle consumers now instead of at their next poll."""
@@ -94,6 +99,17 @@ class RunPodDispatcher:
         for task in self._consumers:
             task.cancel()
         await asyncio.gather(*self._consumers, return_exceptions=True)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                deleted = await self.jobs.sweep(self.api)
+            except Exception as exc:  # noqa: BLE001 - a failed sweep is retried next period
+                log.error("runpod_sweep_failed", api=self.api, error=str(exc), exc_info=exc)
+            else:
+                if deleted:
+                    log.info("runpod_jobs_swept", api=self.api, deleted=deleted)
 
     # -- stopping one job ------------------------------------------------------------------------
 
@@ -196,7 +212,7 @@ class RunPodDispatcher:
         if finished is not None:
             log.info("runpod_job_finished", api=self.api, request_id=finished.id, status=status,
                      delay_ms=finished.delay_ms, execution_ms=finished.execution_ms)
-            self.on_finished(finished)
+            self._finished(finished)
 
     async def _timed_out(self, running: RunningJob) -> None:
         job = running.job
@@ -207,7 +223,12 @@ class RunPodDispatcher:
         running.worker.abort(f"job {job.id}: {reason}")
         log.warning("runpod_job_timed_out", api=self.api, request_id=job.id, timeout_ms=job.execution_timeout_ms)
         if finished is not None:
-            self.on_finished(finished)
+            self._finished(finished)
+
+    def _finished(self, job: RunPodJob) -> None:
+        self.metrics.runpod_queue_delay.labels(self.api).observe(job.delay_ms / 1000)
+        self.metrics.runpod_execution.labels(self.api).observe(job.execution_ms / 1000)
+        self.on_finished(job)
 
     async def _interrupted(self, job: RunPodJob, reason: str) -> None:
         current = await self.jobs.get(job.id)
@@ -218,7 +239,7 @@ class RunPodDispatcher:
         if status == FAILED:
             finished = await self.jobs.get(job.id)
             if finished is not None:
-                self.on_finished(finished)
+                self._finished(finished)
         else:
             self.notify()
 

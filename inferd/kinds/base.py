@@ -74,6 +74,8 @@ class ApiRuntime:
         info: dict[str, Any] = {"name": self.spec.name, "kind": self.spec.kind, "endpoint": self.endpoint,
                                 "protocol": "grpc" if self.compiled is not None else "http",
                                 "gpus_per_replica": self.spec.gpus_per_replica}
+        if "gpu_note" in self.extra:
+            info["gpu_note"] = self.extra["gpu_note"]
         if self.kind is not None:
             info.update(self.kind.describe(self))
         if self.pool is None:

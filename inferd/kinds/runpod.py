@@ -56,7 +56,7 @@ class RunPodKind(Kind):
         if runtime.pool is None or jobs is None:
             return None
         # built before the front (deployment order); front() connects the two
-        return RunPodDispatcher(runtime.name, jobs, runtime.pool, lambda job: None)
+        return RunPodDispatcher(runtime.name, jobs, runtime.pool, context.metrics, lambda job: None)
 
     def front(self, runtime: ApiRuntime, context: KindContext, current: Front | None) -> Front | None:
         jobs = job_store(runtime, context)
@@ -95,5 +95,5 @@ class RunPodKind(Kind):
             return
         counts = await jobs.counts_by_status(runtime.name)
         for status in STATUSES:
-            context.metrics.jobs.labels(runtime.name, status).set(counts.get(status, 0))
+            context.metrics.runpod_jobs.labels(runtime.name, status).set(counts.get(status, 0))
         context.metrics.queue_length.labels(runtime.name).set(counts.get("IN_QUEUE", 0))

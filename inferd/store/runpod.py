@@ -194,6 +194,9 @@ EXPIRED_RUNNING_API = f"SELECT {COLUMNS} FROM runpod_jobs WHERE {_OVERDUE} AND a
 COUNTS = f"SELECT status, count(*), sum(retried) FROM runpod_jobs WHERE api = :api AND {_LIVE} GROUP BY status"
 QUEUE_LENGTH = f"SELECT count(*) FROM runpod_jobs WHERE api = :api AND status = '{IN_QUEUE}' AND {_BEFORE_TTL}"
 SWEEP = f"DELETE FROM runpod_jobs WHERE seq IN (SELECT seq FROM runpod_jobs WHERE {_GONE} LIMIT {SWEEP_BATCH}) RETURNING id"
+# one API's: each RunPodAPI sets its own retention, so each sweeps only its own jobs
+SWEEP_API = (f"DELETE FROM runpod_jobs WHERE seq IN (SELECT seq FROM runpod_jobs WHERE api = :api AND {_GONE} "
+             f"LIMIT {SWEEP_BATCH}) RETURNING id")
 
 Params = Mapping[str, Any]
 
@@ -251,7 +254,7 @@ def _recover(db: sqlite3.Connection, sql: str, params: Params) -> tuple[int, int
 
 
 def _sweep(db: sqlite3.Connection, params: Params) -> int:
-    ids = _all(db, SWEEP, params)
+    ids = _all(db, SWEEP_API if "api" in params else SWEEP, params)
     db.executemany("DELETE FROM runpod_stream WHERE job_id = ?", ids)
     return len(ids)
 
@@ -349,12 +352,14 @@ class RunPodJobStore:
         counts: tuple[int, int] = await self._jobs.write(Raw(_recover, RECOVER_ALL if api is None else RECOVER_API, params))
         return counts
 
-    async def sweep(self) -> int:
+    async def sweep(self, api: str | None = None) -> int:
         """Delete the gone jobs (past ttl before finishing, or finished past retention) and their
-        stream chunks; SWEEP_BATCH per transaction, so other writes interleave. Returns jobs deleted."""
+        stream chunks, of one API or all; SWEEP_BATCH per transaction, so other writes interleave.
+        Returns jobs deleted."""
         deleted = 0
+        params = self._moments() if api is None else {**self._moments(), "api": api}
         while True:
-            count: int = await self._jobs.write(Raw(_sweep, self._moments()))
+            count: int = await self._jobs.write(Raw(_sweep, params))
             deleted += count
             if count < SWEEP_BATCH:
                 return deleted

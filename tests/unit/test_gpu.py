@@ -311,3 +311,11 @@ def test_running_replicas_count_as_load_and_stay_put() -> None:
     assert plan.warnings == ()
     crowded = assign_gpus(inventory, [GpuRequest("c", 1, 1, 1)], placed={"a": [(0,)], "b": [(1,)]})
     assert len(crowded.warnings) == 1 and "devices are shared" in crowded.warnings[0]
+
+
+def test_a_gpu_hint_starts_with_the_gpus_the_node_has_and_says_so() -> None:
+    from inferd.gpu import hinted_gpus
+
+    assert hinted_gpus(2, 0, hint=True) == (0, "hub.json asks for 2 GPU(s) and this node has 0: the worker starts with 0")
+    assert hinted_gpus(2, 4, hint=True) == (2, None)
+    assert hinted_gpus(2, 0, hint=False) == (2, None)  # compute.gpu in cortex.yaml stays strict

@@ -389,8 +389,12 @@ def test_retention_after_finishing(tmp_path: Path) -> None:
             assert await store.get(sync_job.id) is None and await store.get(run_job.id) is not None
             assert await store.cancel(sync_job.id) is None and await store.retry(sync_job.id) is None
             assert await store.counts("a") == {"completed": 1, "failed": 0, "inProgress": 0, "inQueue": 0, "retried": 0}
+            other = await running(store, api="b", sync=True)
+            await store.finish(other.id, COMPLETED, b"1", None)
+            clock.advance(timedelta(minutes=1))
+            assert await store.sweep("b") == 1  # one API sweeps only its own jobs
             assert await store.sweep() == 1
-            clock.advance(timedelta(minutes=29))
+            clock.advance(timedelta(minutes=28))
             assert await store.get(run_job.id) is None and await store.sweep() == 1
             with sqlite3.connect(tmp_path / "jobs.db") as conn:
                 assert conn.execute("SELECT count(*) FROM runpod_jobs").fetchone() == (0,)
