@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 from prometheus_client import (
@@ -98,6 +99,18 @@ class RequestRecorder:
         self._latency = metrics.latency.labels(api)
         self._by_code: dict[int | str, Any] = {}
         self.recent: deque[tuple[float, float]] = deque(maxlen=RECENT)
+
+    async def record(self, serve: Awaitable[int]) -> None:
+        """Run one request's ``serve`` (which returns the status answered, 0 when the client
+        left first) counted in flight, then by status and latency."""
+        started = time.perf_counter()
+        self.in_flight.inc()
+        try:
+            status = await serve
+        finally:
+            self.in_flight.dec()
+        if status:
+            self.observe(status, time.perf_counter() - started)
 
     def observe(self, code: int | str, seconds: float) -> None:
         counter = self._by_code.get(code)

@@ -33,6 +33,7 @@ class Settings:
     keepalive_timeout: float = 5.0         # seconds an idle keep-alive connection stays open
     max_connections: int = 1000            # open HTTP connections; beyond it new ones get 503 and are closed
     allowed_hosts: str = ""                # comma-separated Host names accepted besides loopback; "*" accepts any
+    runpod_api_keys: str = ""              # comma-separated keys RunPodAPIs accept in Authorization; "" accepts any
     shutdown_grace_period: float = 30.0
     ready_wait: float = 30.0
     worker_liveness_timeout: float = 30.0  # a worker silent to heartbeats this long is killed and replaced

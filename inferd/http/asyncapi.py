@@ -64,15 +64,7 @@ class AsyncEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # counted like the RealtimeAPI front: in inferd_requests_total and `inferd status` req/s
-        started = time.perf_counter()
-        in_flight = self.recorder.in_flight
-        in_flight.inc()
-        try:
-            status = await self._serve(scope, receive, send)
-        finally:
-            in_flight.dec()
-        if status:
-            self.recorder.observe(status, time.perf_counter() - started)
+        await self.recorder.record(self._serve(scope, receive, send))
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int:
         """The status answered; 0 when the client left before an answer."""

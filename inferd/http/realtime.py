@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 import uuid
 
 from starlette.types import Receive, Scope, Send
@@ -40,15 +39,7 @@ class RealtimeEndpoint:
         self.pool = pool
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        in_flight = self.recorder.in_flight
-        in_flight.inc()
-        try:
-            status = await self._serve(scope, receive, send)
-        finally:
-            in_flight.dec()
-        if status:
-            self.recorder.observe(status, time.perf_counter() - started)
+        await self.recorder.record(self._serve(scope, receive, send))
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int:
         verb = scope["method"].lower()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -157,14 +156,7 @@ class RunPodEndpoint:
             self.webhooks.deliver(self.api, job.id, job.webhook, payload)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        self.recorder.in_flight.inc()
-        try:
-            status = await self._serve(scope, receive, send)
-        finally:
-            self.recorder.in_flight.dec()
-        if status:
-            self.recorder.observe(status, time.perf_counter() - started)
+        await self.recorder.record(self._serve(scope, receive, send))
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int:
         path = scope.get("path_params", {}).get("path", "").strip("/")

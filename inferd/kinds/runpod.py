@@ -12,16 +12,19 @@ from inferd.http.routing import BaseRoute, Mount
 from inferd.http.runpod import QueueSettings, RunPodEndpoint
 from inferd.jobs.runpod_dispatch import RunPodDispatcher, health_workers
 from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, QueueConsumer
+from inferd.settings import Settings
 from inferd.spec import ApiSpec, RunPodSpec
 from inferd.store.runpod import STATUSES, RunPodJobStore
 
 RUNNER = "inferd.worker.runners.runpod:RunPodRunner"
 
 
-def queue_settings(api: ApiSpec) -> QueueSettings:
+def queue_settings(api: ApiSpec, settings: Settings) -> QueueSettings:
     spec = api.runpod or RunPodSpec()
+    # the API's own keys win; else the daemon's runpod_api_keys; none: any Authorization goes
+    keys = tuple(spec.api_keys) or tuple(k.strip() for k in settings.runpod_api_keys.split(",") if k.strip())
     return QueueSettings(int(spec.execution_timeout * 1000), int(spec.ttl * 1000), spec.max_run_body,
-                         spec.max_runsync_body, tuple(spec.api_keys))
+                         spec.max_runsync_body, keys)
 
 
 def job_store(runtime: ApiRuntime, context: KindContext) -> RunPodJobStore | None:
@@ -63,8 +66,8 @@ class RunPodKind(Kind):
         if runtime.pool is None or jobs is None:
             return None
         front = current if isinstance(current, RunPodEndpoint) else RunPodEndpoint(
-            runtime.name, jobs, queue_settings(runtime.spec), context.metrics)
-        front.jobs, front.settings = jobs, queue_settings(runtime.spec)
+            runtime.name, jobs, queue_settings(runtime.spec, context.settings), context.metrics)
+        front.jobs, front.settings = jobs, queue_settings(runtime.spec, context.settings)
         dispatcher = runtime.consumer
         if isinstance(dispatcher, RunPodDispatcher):
             dispatcher.on_finished = front.job_finished

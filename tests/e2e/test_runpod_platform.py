@@ -70,3 +70,17 @@ def test_hub_json_gpu_count_is_a_hint_on_a_node_without_gpus(tmp_path: Path, sta
     assert api["workers"][0]["gpus"] == []
     assert daemon.client.post("/v2/gpu-worker/runsync", json={"input": {}}).json()["status"] == "COMPLETED"
     assert any(e.get("event") == "gpu_hint_reduced" for e in daemon.log_events())
+
+
+def test_runpod_api_keys_setting_guards_apis_without_their_own(tmp_path: Path, start_daemon) -> None:
+    project = tmp_path / "keyed-worker"
+    project.mkdir()
+    shutil.copy(PROJECTS / "runpod" / "sync.py", project / "handler.py")
+    daemon = start_daemon(project, env={"INFERD_RUNPOD_API_KEYS": "one, two"})
+    daemon.wait_ready(["keyed-worker"])
+    url = "/v2/keyed-worker/runsync"
+    refused = daemon.client.post(url, json={"input": {}}, headers={"authorization": "Bearer three"})
+    assert refused.status_code == 401 and "accepted API key" in refused.json()["error"]
+    assert daemon.client.post(url, json={"input": {}}).status_code == 401
+    for key in ("Bearer two", "one"):  # the SDKs send Bearer; RunPod's docs show the bare key
+        assert daemon.client.post(url, json={"input": {}}, headers={"authorization": key}).json()["status"] == "COMPLETED"
