@@ -101,20 +101,21 @@ class FinishedJobs:
     """Waiters for jobs to reach a final status (``/runsync``), woken by the dispatcher."""
 
     def __init__(self) -> None:
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[RunPodJob]]] = {}
 
     def finished(self, job: RunPodJob) -> None:
         for waiter in self._waiters.pop(job.id, []):
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(job)
 
-    async def wait(self, job_id: str, timeout: float) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+    async def wait(self, job_id: str, timeout: float) -> RunPodJob | None:
+        """The job once final (as the dispatcher stored it: no read back), or None after ``timeout``."""
+        waiter: asyncio.Future[RunPodJob] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
+            return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
-            pass
+            return None
         finally:
             waiters = self._waiters.get(job_id, [])
             if waiter in waiters:
@@ -220,8 +221,7 @@ class RunPodEndpoint:
         job = await self._submit(scope, receive, send, self.settings.max_runsync_body, sync=True)
         if isinstance(job, int):
             return job
-        await self.waiting.wait(job.id, wait_ms / 1000)
-        current = await self.jobs.get(job.id)
+        current = await self.waiting.wait(job.id, wait_ms / 1000) or await self.jobs.get(job.id)
         if current is None or current.status not in FINAL_STATUSES:
             await send_json(send, 200, {"id": job.id, "status": current.status if current else IN_QUEUE})
             return 200

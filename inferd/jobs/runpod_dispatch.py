@@ -32,6 +32,12 @@ log = get_logger()
 IDLE_POLL = 1.0  # a missed wake-up costs at most this long
 SWEEP_INTERVAL = 60.0  # seconds between deletions of this API's jobs past their retention or ttl
 ASYNC_KINDS = ("async", "async_generator")  # handlers whose jobs can be cancelled in place
+SERIAL_KINDS = ("sync", "generator")        # the worker runs these one at a time, queueing the rest
+# A worker of short sync jobs is handed a few more than it runs at once, so claiming the next job
+# (a committed write) overlaps running this one instead of following it: for no-op jobs that is
+# most of a round trip. Long jobs are never queued in a worker, where another could have run them.
+PREFETCH = 8
+PREFETCH_BELOW = 0.05  # seconds: a worker's recent mean execution time under which it prefetches
 JOB_METHOD = "runpod.job"
 
 JobFinished = Callable[[RunPodJob], None]
@@ -51,10 +57,9 @@ def worker_id(worker: WorkerBackend) -> str:
 
 def job_message(job: RunPodJob) -> bytes:
     """The job object the handler receives, as the platform's job-take hands it over."""
-    message: dict[str, Any] = {"id": job.id, "input": json.loads(job.input)}
-    if job.webhook is not None:
-        message["webhook"] = job.webhook
-    return json.dumps(message).encode()
+    # spliced, not parsed and encoded again: the stored input is already the JSON to send
+    head = {"id": job.id} if job.webhook is None else {"id": job.id, "webhook": job.webhook}
+    return json.dumps(head).encode()[:-1] + b', "input": ' + job.input + b"}"
 
 
 def result_fields(result: dict[str, Any]) -> tuple[str, bytes | None, str | None]:
@@ -79,6 +84,7 @@ class RunPodDispatcher:
         self._wakeup = asyncio.Event()
         self._consumers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pace: dict[int, float] = {}  # id(worker) -> moving mean of its jobs' execution seconds
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -145,26 +151,43 @@ class RunPodDispatcher:
     async def _feed(self, worker: WorkerBackend) -> None:
         """Jobs for this worker until it is no longer ready."""
         mine: set[asyncio.Task[None]] = set()
-        limit = max(1, int(worker.info.get("concurrency", 1)))
-        while not self.stopping and worker.state == "ready":
-            if len(mine) >= limit:
-                await asyncio.wait(mine, return_when=asyncio.FIRST_COMPLETED)
-                limit = max(1, int(worker.info.get("concurrency", limit)))
-                continue
-            self._wakeup.clear()
-            job = await self.jobs.claim(self.api, worker_id(worker))
-            if job is None:
-                waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wakeup.wait()), *mine}
-                done, _ = await asyncio.wait(waits, timeout=IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in waits - set(mine):
-                    waiter.cancel()
-                continue
-            task = asyncio.get_running_loop().create_task(self._run(worker, job))
-            for group in (mine, self._tasks):
-                group.add(task)
-                task.add_done_callback(group.discard)
-        if mine:  # a replaced worker's jobs end (requeued or final) before its slot takes more
-            await asyncio.wait(mine)
+        taker = worker_id(worker)
+        try:
+            while not self.stopping and worker.state == "ready":
+                room = self._room(worker) - len(mine)
+                if room <= 0:
+                    await asyncio.wait(mine, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                self._wakeup.clear()
+                jobs = await self.jobs.claim_many(self.api, taker, room)
+                if not jobs:
+                    await self._idle(mine)
+                    continue
+                for job in jobs:
+                    task = asyncio.get_running_loop().create_task(self._run(worker, job))
+                    for group in (mine, self._tasks):
+                        group.add(task)
+                        task.add_done_callback(group.discard)
+            if mine:  # a replaced worker's jobs end (requeued or final) before its slot takes more
+                await asyncio.wait(mine)
+        finally:
+            self._pace.pop(id(worker), None)
+
+    def _room(self, worker: WorkerBackend) -> int:
+        """Jobs this worker may hold: what its handler runs at once, plus a prefetch for short sync jobs."""
+        room = max(1, int(worker.info.get("concurrency", 1)))
+        short = self._pace.get(id(worker), PREFETCH_BELOW) < PREFETCH_BELOW
+        if short and worker.info.get("handler_kind") in SERIAL_KINDS:
+            room += PREFETCH
+        return room
+
+    async def _idle(self, mine: set[asyncio.Task[None]]) -> None:
+        """Until a job is queued, one of ours ends, or IDLE_POLL passes."""
+        wakeup = asyncio.ensure_future(self._wakeup.wait())
+        try:
+            await asyncio.wait({wakeup, *mine}, timeout=IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wakeup.cancel()
 
     # -- one job ---------------------------------------------------------------------------------
 
@@ -201,6 +224,9 @@ class RunPodDispatcher:
             elif "result" in message:
                 if "concurrency" in message:
                     running.worker.info["concurrency"] = message["concurrency"]
+                if "seconds" in message:
+                    key = id(running.worker)
+                    self._pace[key] = 0.8 * self._pace.get(key, message["seconds"]) + 0.2 * message["seconds"]
                 return dict(message["result"])
         return None
 

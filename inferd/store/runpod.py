@@ -143,6 +143,8 @@ CLAIM = (
     f" WHERE api = :api AND status = '{IN_QUEUE}' AND {_BEFORE_TTL} ORDER BY seq LIMIT 1)"
     f" RETURNING {COLUMNS}"
 )
+# up to :n at once, for a worker that takes several (one write, one commit for all of them)
+CLAIM_MANY = CLAIM.replace("WHERE seq = (SELECT", "WHERE seq IN (SELECT").replace("LIMIT 1)", "LIMIT :n)")
 _RUNNING = f"id = :id AND status = '{IN_PROGRESS}' AND {_LIVE}"
 SET_PROGRESS = f"UPDATE runpod_jobs SET output = :output WHERE {_RUNNING}"
 APPEND_STREAM = (
@@ -293,6 +295,14 @@ class RunPodJobStore:
     async def claim(self, api: str, worker_id: str) -> RunPodJob | None:
         """The oldest IN_QUEUE job of ``api`` within its ttl, now IN_PROGRESS on ``worker_id``."""
         return await self._write_job(_first, CLAIM, api=api, worker_id=worker_id)
+
+    async def claim_many(self, api: str, worker_id: str, n: int) -> list[RunPodJob]:
+        """Up to ``n`` of the oldest IN_QUEUE jobs of ``api``, now IN_PROGRESS on ``worker_id``,
+        in submission order."""
+        moments = self._moments()
+        rows = await self._jobs.write(Raw(_all, CLAIM_MANY, {**moments, "api": api, "worker_id": worker_id, "n": n}))
+        jobs = [RunPodJob.from_row(row, moments["now"]) for row in rows]
+        return sorted(jobs, key=lambda job: job.created_at)
 
     async def set_progress(self, job_id: str, output: bytes) -> bool:
         """Store ``output`` (JSON) as the job's progress; False unless it is IN_PROGRESS."""

@@ -17,7 +17,7 @@ Jobs, one streamed call each (the daemon side is written against exactly this):
 - worker -> daemon ``Chunk`` ``{"stream": item}`` per generator item as it is produced, and
   ``{"progress": value}`` per ``progress_update(job, value)`` (from any thread; none after End).
 - worker -> daemon ``End(has_reply=True)`` ``{"result": <the dict the SDK would POST to
-  job-done>, "concurrency": <concurrency_modifier(current)>}`` (``concurrency`` only when the
+  job-done>, "seconds": <time in the handler>, "concurrency": <concurrency_modifier(current)>}`` (``concurrency`` only when the
   config has a modifier and it answered), or ``{"cancelled": true}`` once a cancelled job has
   stopped. Every ``Open`` gets exactly one ``End``; ``Credit`` is ignored (no window).
 
@@ -181,6 +181,7 @@ class RunningJob:
     loop: asyncio.AbstractEventLoop | None = None
     cancel_requested: bool = False
     open: bool = True                           # False once its End is sent: nothing may follow
+    seconds: float = 0.0                        # time in the handler (not waiting for the job thread)
 
     def cancel(self) -> None:
         """Stop the handler at its next ``await`` (a sync one: when it returns or yields)."""
@@ -253,7 +254,7 @@ class RunPodRunner(Runner):
                 result = await self.job_thread.run(self.execute(running, job))
             else:
                 result = await self.execute(running, job)
-            reply = f'{{"result": {result}{self.concurrency_field()}}}'
+            reply = f'{{"result": {result}, "seconds": {running.seconds:.6f}{self.concurrency_field()}}}'
         except asyncio.CancelledError:
             if not running.cancel_requested:
                 raise  # the worker is going away, not this job
@@ -277,6 +278,7 @@ class RunPodRunner(Runner):
         running.task, running.loop = asyncio.current_task(), asyncio.get_running_loop()
         if running.cancel_requested:  # cancelled while it waited for the job thread
             raise asyncio.CancelledError
+        started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(request_id=running.rid):
             if self.kind in ("generator", "async_generator"):
                 result = await self.stream(running, job)
@@ -285,6 +287,7 @@ class RunPodRunner(Runner):
             if self.config.get("refresh_worker", False):
                 result["stopPod"] = True
             with_debugger_output(self.config, result)
+        running.seconds = time.perf_counter() - started
         return encode_result(result)
 
     async def stream(self, running: RunningJob, job: dict[str, Any]) -> dict[str, Any]:
