@@ -75,7 +75,11 @@ def parse_job_request(body: bytes, settings: QueueSettings) -> JobRequest:
 
 
 def _policy_ms(policy: dict[str, Any], name: str, default: int, bounds: tuple[int, int]) -> int:
-    value = policy.get(name, default)
+    """A client's policy value within RunPod's bounds; the endpoint's own default is the operator's
+    choice (cortex.yaml ``runpod:``) and is not held to them."""
+    if name not in policy:
+        return default
+    value = policy[name]
     if isinstance(value, bool) or not isinstance(value, int) or not bounds[0] <= value <= bounds[1]:
         raise JobRequestError(f'"policy.{name}" must be an integer of milliseconds in {bounds[0]}-{bounds[1]}, '
                               f"got {value!r}")
@@ -138,6 +142,7 @@ class RunPodEndpoint:
         self.notify: Callable[[], None] = lambda: None
         self.stop_job: Callable[[str, str], bool] = lambda job_id, reason: False
         self.health_workers: Callable[[], dict[str, int]] = dict
+        self.forget_reserved: Callable[[], None] = lambda: None
         self.routes: dict[tuple[str, str], Route] = {
             ("POST", "run"): self._run, ("POST", "runsync"): self._runsync, ("GET", "status"): self._status,
             ("GET", "stream"): self._stream, ("POST", "cancel"): self._cancel, ("POST", "retry"): self._retry,
@@ -145,9 +150,10 @@ class RunPodEndpoint:
         }
 
     def switch(self, notify: Callable[[], None], stop_job: Callable[[str, str], bool],
-               health_workers: Callable[[], dict[str, int]]) -> None:
+               health_workers: Callable[[], dict[str, int]], forget_reserved: Callable[[], None]) -> None:
         """A reload replaced the API's workers and dispatcher: talk to the new ones."""
         self.notify, self.stop_job, self.health_workers = notify, stop_job, health_workers
+        self.forget_reserved = forget_reserved
 
     def job_finished(self, job: RunPodJob) -> None:
         """The dispatcher finished a job: wake its /runsync waiters and call its webhook."""
@@ -221,9 +227,15 @@ class RunPodEndpoint:
         job = await self._submit(scope, receive, send, self.settings.max_runsync_body, sync=True)
         if isinstance(job, int):
             return job
-        current = await self.waiting.wait(job.id, wait_ms / 1000) or await self.jobs.get(job.id)
-        if current is None or current.status not in FINAL_STATUSES:
-            await send_json(send, 200, {"id": job.id, "status": current.status if current else IN_QUEUE})
+        # a job that outlives its ttl is deleted unfinished (RunPod's rule): waiting longer is pointless
+        wait_s = min(wait_ms, job.ttl_ms + 50) / 1000
+        current = await self.waiting.wait(job.id, wait_s) or await self.jobs.get(job.id)
+        if current is None:
+            await send_error(send, 404, self.api, f"job {job.id} passed its ttl of {job.ttl_ms} ms before it "
+                                                  "finished, and was deleted")
+            return 404
+        if current.status not in FINAL_STATUSES:
+            await send_json(send, 200, {"id": job.id, "status": current.status})
             return 200
         await send_json(send, 200, current.to_status_json())
         return 200
@@ -286,6 +298,7 @@ class RunPodEndpoint:
 
     async def _purge(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
         removed = await self.jobs.purge(self.api)
+        self.forget_reserved()
         await send_json(send, 200, {"removed": removed, "status": "completed"})
         return 200
 

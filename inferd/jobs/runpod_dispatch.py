@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,12 +33,13 @@ log = get_logger()
 IDLE_POLL = 1.0  # a missed wake-up costs at most this long
 SWEEP_INTERVAL = 60.0  # seconds between deletions of this API's jobs past their retention or ttl
 ASYNC_KINDS = ("async", "async_generator")  # handlers whose jobs can be cancelled in place
-SERIAL_KINDS = ("sync", "generator")        # the worker runs these one at a time, queueing the rest
-# A worker of short sync jobs is handed a few more than it runs at once, so claiming the next job
-# (a committed write) overlaps running this one instead of following it: for no-op jobs that is
-# most of a round trip. Long jobs are never queued in a worker, where another could have run them.
+SERIAL_KINDS = ("sync", "generator")        # handlers a worker runs one at a time
+# While a handler's jobs are short, a consumer that takes work off the queue takes a few more
+# than its worker can start (one write for all of them), kept in the dispatcher for whichever
+# worker frees first: taking the next job no longer waits for a commit after each one. They stay
+# IN_QUEUE to clients until they start; a cancel or purge drops them here; a stop puts them back.
 PREFETCH = 8
-PREFETCH_BELOW = 0.05  # seconds: a worker's recent mean execution time under which it prefetches
+PREFETCH_BELOW = 0.05  # seconds: the handler's recent mean time under which consumers take extra
 JOB_METHOD = "runpod.job"
 
 JobFinished = Callable[[RunPodJob], None]
@@ -48,7 +50,34 @@ class RunningJob:
     job: RunPodJob
     worker: WorkerBackend
     stream: StreamCall
+    release: Callable[[], None]     # frees its seat on the worker (once; again is a no-op)
     stop_reason: str | None = None  # set when inferd stopped it (cancel, timeout): its result is not used
+
+
+class Seats:
+    """The jobs one worker is running: the consumer takes a seat per job, and a seat frees as
+    soon as the worker's result arrives, before that result is stored."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+        self._changed = asyncio.Event()
+
+    def take(self) -> Callable[[], None]:
+        self.taken += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.taken -= 1
+                self._changed.set()
+
+        return release
+
+    async def changed(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
 
 
 def worker_id(worker: WorkerBackend) -> str:
@@ -84,7 +113,8 @@ class RunPodDispatcher:
         self._wakeup = asyncio.Event()
         self._consumers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pace: dict[int, float] = {}  # id(worker) -> moving mean of its jobs' execution seconds
+        self._reserved: deque[RunPodJob] = deque()  # taken off the queue, not started yet
+        self._pace = PREFETCH_BELOW  # moving mean of the handler's seconds per job
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -100,6 +130,7 @@ class RunPodDispatcher:
         and go back to the queue at the next start (``recover``)."""
         self.stopping = True
         self._wakeup.set()
+        await self._unreserve_all()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         for task in self._consumers:
@@ -121,6 +152,10 @@ class RunPodDispatcher:
 
     def stop_job(self, job_id: str, reason: str) -> bool:
         """Stop a running job (already marked final in the store); False when it is not running here."""
+        for job in self._reserved:
+            if job.id == job_id:  # not started: nothing runs it yet
+                self._reserved.remove(job)
+                return True
         running = self.running.get(job_id)
         if running is None:
             return False
@@ -130,6 +165,18 @@ class RunPodDispatcher:
         else:
             self.pool.retire(running.worker, f"job {job_id}: {reason}", drain=None)
         return True
+
+    def forget_reserved(self) -> None:
+        """The queue was purged, the jobs held here with it."""
+        self._reserved.clear()
+
+    async def _unreserve_all(self) -> None:
+        while self._reserved:
+            job = self._reserved.popleft()
+            try:
+                await self.jobs.unreserve(job.id)
+            except Exception as exc:  # noqa: BLE001 - recover() at the next start puts it back anyway
+                log.warning("runpod_unreserve_failed", api=self.api, request_id=job.id, error=str(exc))
 
     # -- the consumer per worker -----------------------------------------------------------------
 
@@ -149,55 +196,67 @@ class RunPodDispatcher:
                 await asyncio.sleep(IDLE_POLL)
 
     async def _feed(self, worker: WorkerBackend) -> None:
-        """Jobs for this worker until it is no longer ready."""
+        """Jobs for this worker until it is no longer ready, as many at once as its handler runs."""
+        seats = Seats()
         mine: set[asyncio.Task[None]] = set()
         taker = worker_id(worker)
-        try:
-            while not self.stopping and worker.state == "ready":
-                room = self._room(worker) - len(mine)
-                if room <= 0:
-                    await asyncio.wait(mine, return_when=asyncio.FIRST_COMPLETED)
-                    continue
+        while not self.stopping and worker.state == "ready":
+            room = max(1, int(worker.info.get("concurrency", 1))) - seats.taken
+            if room <= 0:
+                await seats.changed()
+                continue
+            batch = [self._reserved.popleft() for _ in range(min(room, len(self._reserved)))]
+            if not batch:
                 self._wakeup.clear()
-                jobs = await self.jobs.claim_many(self.api, taker, room)
-                if not jobs:
-                    await self._idle(mine)
+                short = self._pace < PREFETCH_BELOW and worker.info.get("handler_kind") in SERIAL_KINDS
+                taken = await self.jobs.reserve(self.api, taker, room + (PREFETCH if short else 0))
+                if not taken:
+                    await self._idle(seats)
                     continue
-                for job in jobs:
-                    task = asyncio.get_running_loop().create_task(self._run(worker, job))
-                    for group in (mine, self._tasks):
-                        group.add(task)
-                        task.add_done_callback(group.discard)
-            if mine:  # a replaced worker's jobs end (requeued or final) before its slot takes more
-                await asyncio.wait(mine)
-        finally:
-            self._pace.pop(id(worker), None)
+                batch = taken[:room]
+                self._reserved.extend(taken[room:])
+            for job in batch:
+                self._keep(asyncio.get_running_loop().create_task(self.jobs.start(job.id, taker)))
+                task = asyncio.get_running_loop().create_task(self._run(worker, job, seats.take()))
+                mine.add(task)
+                task.add_done_callback(mine.discard)
+                self._keep(task)
+        if mine:  # a replaced worker's jobs end (requeued or final) before its slot takes more
+            await asyncio.wait(mine)
 
-    def _room(self, worker: WorkerBackend) -> int:
-        """Jobs this worker may hold: what its handler runs at once, plus a prefetch for short sync jobs."""
-        room = max(1, int(worker.info.get("concurrency", 1)))
-        short = self._pace.get(id(worker), PREFETCH_BELOW) < PREFETCH_BELOW
-        if short and worker.info.get("handler_kind") in SERIAL_KINDS:
-            room += PREFETCH
-        return room
+    def _keep(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
-    async def _idle(self, mine: set[asyncio.Task[None]]) -> None:
-        """Until a job is queued, one of ours ends, or IDLE_POLL passes."""
-        wakeup = asyncio.ensure_future(self._wakeup.wait())
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("runpod_dispatch_failed", api=self.api, error=str(task.exception()), exc_info=task.exception())
+
+    async def _idle(self, seats: Seats) -> None:
+        """Until a job is queued, a seat frees, or IDLE_POLL passes."""
+        waits = {asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(seats.changed())}
         try:
-            await asyncio.wait({wakeup, *mine}, timeout=IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            wakeup.cancel()
+            for waiter in waits:
+                waiter.cancel()
 
     # -- one job ---------------------------------------------------------------------------------
 
-    async def _run(self, worker: WorkerBackend, job: RunPodJob) -> None:
+    async def _run(self, worker: WorkerBackend, job: RunPodJob, release: Callable[[], None]) -> None:
+        try:
+            await self._run_on(worker, job, release)
+        finally:
+            release()
+
+    async def _run_on(self, worker: WorkerBackend, job: RunPodJob, release: Callable[[], None]) -> None:
         try:
             stream = self.pool.open_stream_on(worker, protocol.Open(0, job.id, JOB_METHOD, body=job_message(job)))
         except WorkerDied as exc:
             await self._interrupted(job, str(exc))
             return
-        running = self.running[job.id] = RunningJob(job, worker, stream)
+        running = self.running[job.id] = RunningJob(job, worker, stream, release)
         try:
             result = await asyncio.wait_for(self._follow(running), job.execution_timeout_ms / 1000)
         except TimeoutError:
@@ -225,8 +284,9 @@ class RunPodDispatcher:
                 if "concurrency" in message:
                     running.worker.info["concurrency"] = message["concurrency"]
                 if "seconds" in message:
-                    key = id(running.worker)
-                    self._pace[key] = 0.8 * self._pace.get(key, message["seconds"]) + 0.2 * message["seconds"]
+                    self._pace = 0.8 * self._pace + 0.2 * float(message["seconds"])
+                # the worker is free for the next job now: starting it overlaps storing this result
+                running.release()
                 return dict(message["result"])
         return None
 
@@ -234,7 +294,8 @@ class RunPodDispatcher:
         status, output, error = result_fields(result)
         finished = await self.jobs.finish(running.job.id, status, output, error)
         if result.get("stopPod"):
-            self.pool.retire(running.worker, "the handler asked for a fresh worker (refresh_worker)")
+            self.pool.retire(running.worker, "the handler asked for a fresh worker (refresh_worker)",
+                             drain=self.pool.config.stop_timeout)
         if finished is not None:
             log.info("runpod_job_finished", api=self.api, request_id=finished.id, status=status,
                      delay_ms=finished.delay_ms, execution_ms=finished.execution_ms)
@@ -245,8 +306,8 @@ class RunPodDispatcher:
         reason = f"execution timeout of {job.execution_timeout_ms} ms (policy.executionTimeout) passed"
         running.stop_reason = reason
         finished = await self.jobs.finish(job.id, TIMED_OUT, None, reason)
-        # the handler may still be running: its worker is replaced, so nothing of it lingers
-        running.worker.abort(f"job {job.id}: {reason}")
+        # the handler may still be running: its worker is replaced (stacks logged), so nothing of it lingers
+        self.pool.retire(running.worker, f"job {job.id}: {reason}", abort=True)
         log.warning("runpod_job_timed_out", api=self.api, request_id=job.id, timeout_ms=job.execution_timeout_ms)
         if finished is not None:
             self._finished(finished)

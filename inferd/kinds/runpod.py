@@ -1,6 +1,8 @@
 """RunPodAPI: an unchanged RunPod serverless worker file, its jobs queued in the job store and
 served with RunPod's queue API under ``/v2/<api>`` (``inferd.http.runpod``); a
-``RunPodDispatcher`` feeds them to the workers, which run the file with the direct runner."""
+``RunPodDispatcher`` feeds them to the workers, which run the file with the direct runner
+(imported into an inferd worker process) or, with ``handler.runner: sdk``, as the SDK's own job
+loop against a platform inferd plays (``inferd.worker.sdk_worker``)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from inferd.http.cors import with_cors
 from inferd.http.routing import BaseRoute, Mount
 from inferd.http.runpod import QueueSettings, RunPodEndpoint
 from inferd.jobs.runpod_dispatch import RunPodDispatcher, health_workers
-from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, QueueConsumer
+from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, QueueConsumer, WorkerLaunch
 from inferd.settings import Settings
 from inferd.spec import ApiSpec, RunPodSpec
 from inferd.store.runpod import STATUSES, RunPodJobStore
+from inferd.worker.backend import BackendFactory, WorkerBackend
+from inferd.worker.sdk_worker import SdkWorker
 
 RUNNER = "inferd.worker.runners.runpod:RunPodRunner"
 
@@ -41,11 +45,18 @@ class RunPodKind(Kind):
     name = "RunPodAPI"
     needs_store = True
 
-    def unsupported(self, api: ApiSpec) -> str | None:
-        if api.handler is not None and api.handler.runner == "sdk":
-            return ("handler.runner: sdk (the SDK's own worker loop against an emulated platform) is not supported "
-                    "by this version of inferd yet; remove it to use the default direct runner")
-        return super().unsupported(api)
+    def backend(self, runtime: ApiRuntime, context: KindContext, launch: WorkerLaunch) -> BackendFactory | None:
+        """``handler.runner: sdk``: the file runs as its own process, the SDK's job loop
+        against a platform inferd plays (``SdkWorker``); the direct runner is a WorkerProcess."""
+        handler = runtime.spec.handler
+        if handler is None or handler.runner != "sdk":
+            return None
+
+        def sdk_worker(slot: int) -> WorkerBackend:
+            return SdkWorker(runtime.name, slot, launch.project_dir / handler.path, handler.args, launch.slots[slot].env,
+                             launch.project_dir, launch.slots[slot].gpus, handler.log_level, launch.on_log)
+
+        return sdk_worker
 
     def worker_concurrency(self, api: ApiSpec) -> int:
         return 1 << 16  # the dispatcher bounds jobs per worker by the handler's concurrency_modifier
@@ -72,7 +83,8 @@ class RunPodKind(Kind):
         if isinstance(dispatcher, RunPodDispatcher):
             dispatcher.on_finished = front.job_finished
             pool = runtime.pool
-            front.switch(dispatcher.notify, dispatcher.stop_job, lambda: health_workers(pool, dispatcher.running))
+            front.switch(dispatcher.notify, dispatcher.stop_job, lambda: health_workers(pool, dispatcher.running),
+                         dispatcher.forget_reserved)
         return front
 
     def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:

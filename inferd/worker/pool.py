@@ -97,6 +97,7 @@ class WorkerPool:
         self._ready_changed = asyncio.Event()  # a worker became ready, or a slot went into backoff
         self._supervisors: list[asyncio.Task[None]] = []
         self._retiring: set[WorkerBackend] = set()  # replaced on purpose: restarted at once, not a failure
+        self._replacing: set[int] = set()  # slots whose retired worker's successor is not ready yet
         self.log = get_logger(api=config.api)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -124,15 +125,19 @@ class WorkerPool:
             if worker is not None:
                 worker.kill()
 
-    def retire(self, worker: WorkerBackend, reason: str, drain: float | None = 0.0) -> None:
+    def retire(self, worker: WorkerBackend, reason: str, drain: float | None = 0.0, abort: bool = False) -> None:
         """Replace ``worker`` on purpose (its handler asked to be refreshed, or a job on it must
-        be stopped): a new one starts at once, and this counts as no failure. ``drain`` seconds
-        for its other calls, or None to kill it now."""
+        be stopped): a new one starts at once, this counts as no failure, and the API stays
+        ``ready`` meanwhile (queued work waits for the successor). ``drain`` seconds for its
+        other calls, None to kill it now, or ``abort`` to kill it with its stacks in the log."""
         if worker.state not in ("starting", "ready") or worker in self._retiring:
             return
         self._retiring.add(worker)
+        self._replacing.add(worker.slot)
         self.log.info("worker_retired", pid=worker.pid, slot=worker.slot, reason=reason)
-        if drain is None:
+        if abort:
+            worker.abort(reason)
+        elif drain is None:
             worker.kill()
         else:
             asyncio.get_running_loop().create_task(worker.stop(drain))
@@ -148,6 +153,7 @@ class WorkerPool:
                 exited = asyncio.get_running_loop().create_task(worker.wait_exit())
                 try:
                     ready = await self._until_ready(worker, exited)
+                    self._replacing.discard(slot)  # the successor is ready, or failed: no longer planned
                     if ready:
                         # one pool runs one handler version: any worker's report is the pool's
                         self.info = self.info if self.info is not None else worker.info
@@ -384,7 +390,7 @@ class WorkerPool:
     def state(self) -> str:
         if self.stopping:
             return "stopping"
-        if self.ready_workers():
+        if self.ready_workers() or self._replacing:
             return "ready"
         if self._failing() or (self.restarts and self.last_error):
             return "failed"

@@ -526,7 +526,32 @@ def test_tables_match_the_migrations_and_the_queries(tmp_path: Path) -> None:
             return " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
 
         assert "INDEX runpod_jobs_api_status_seq (api=? AND status=?)" in plan(runpod.CLAIM, {**moments, "worker_id": "w"})
-        assert "INDEX runpod_jobs_api_status_seq (api=? AND status=?)" in plan(runpod.QUEUE_LENGTH, moments)
+        assert plan(runpod.QUEUE_LENGTH, moments).count("INDEX runpod_jobs_api_status_seq (api=? AND status=?)") == 2
+        assert "INDEX runpod_jobs_api_status_seq (api=? AND status=?)" in plan(runpod.RESERVE, {**moments, "worker_id": "w", "n": 2})
         assert "INDEX sqlite_autoindex_runpod_jobs_1 (id=?)" in plan(runpod.BY_ID, moments)
         assert "INDEX runpod_stream_job_id_seq (job_id=?)" in plan(runpod.TAKE_STREAM, moments)
         assert "runpod_jobs_status_finished_at" in plan(runpod.RECOVER_ALL, {**moments, "reason": None, "max_attempts": 2, "give_up": ""})
+
+
+def test_reserved_jobs_stay_queued_for_clients_until_they_start(tmp_path: Path) -> None:
+    async def body(store: RunPodJobStore) -> None:
+        first, second, third = [await submit(store) for _ in range(3)]
+        reserved = await store.reserve("a", "w1", 2)
+        assert [job.id for job in reserved] == [first.id, second.id]
+        shown = (await store.get(first.id)).to_status_json()  # type: ignore[union-attr]
+        assert shown["status"] == IN_QUEUE and "workerId" not in shown and shown["executionTime"] == 0
+        assert await store.queue_length("a") == 3
+        assert (await store.counts("a"))["inQueue"] == 3
+        assert await store.claim("a", "w2") is not None  # the third: reserved ones are not handed out twice
+        assert await store.start(first.id, "w2")
+        started = await store.get(first.id)
+        assert started is not None and started.to_status_json()["status"] == IN_PROGRESS
+        assert started.attempts == 1 and started.worker_id == "w2" and started.started_at is not None
+        assert not await store.start(first.id, "w2")  # once
+        assert await store.unreserve(second.id)
+        assert (await store.get(second.id)).status == IN_QUEUE  # type: ignore[union-attr]
+        assert (await store.reserve("a", "w1", 5))[0].id == second.id
+        assert await store.purge("a") == 1  # a reserved job is still a queued one
+        assert await store.get(second.id) is None and await store.get(third.id) is not None
+
+    with_store(tmp_path / "jobs.db", body)
