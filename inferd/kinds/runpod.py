@@ -100,7 +100,8 @@ class RunPodKind(Kind):
     def describe(self, runtime: ApiRuntime) -> dict[str, Any]:
         dispatcher = runtime.consumer
         running = len(dispatcher.running) if isinstance(dispatcher, RunPodDispatcher) else 0
-        return {"running_jobs": running, "routes": [f"{runtime.spec.networking.endpoint}/{op}" for op in
+        # the queue length as of the last gauge refresh (describe cannot wait for the store)
+        return {"running_jobs": running, "queue_length": runtime.extra.get("queue_length", 0), "routes": [f"{runtime.spec.networking.endpoint}/{op}" for op in
                                                     ("run", "runsync", "status/<id>", "stream/<id>", "cancel/<id>",
                                                      "retry/<id>", "health", "purge-queue")]}
 
@@ -111,4 +112,5 @@ class RunPodKind(Kind):
         counts = await jobs.counts_by_status(runtime.name)
         for status in STATUSES:
             context.metrics.runpod_jobs.labels(runtime.name, status).set(counts.get(status, 0))
-        context.metrics.queue_length.labels(runtime.name).set(counts.get("IN_QUEUE", 0))
+        runtime.extra["queue_length"] = counts.get("IN_QUEUE", 0)
+        context.metrics.queue_length.labels(runtime.name).set(runtime.extra["queue_length"])

@@ -68,6 +68,7 @@ def test_hub_json_gpu_count_is_a_hint_on_a_node_without_gpus(tmp_path: Path, sta
     api = daemon.api("gpu-worker")
     assert "hub.json asks for 1 GPU(s)" in api["gpu_note"]
     assert api["workers"][0]["gpus"] == []
+    assert (api["queue_length"], api["running_jobs"]) == (0, 0)
     assert daemon.client.post("/v2/gpu-worker/runsync", json={"input": {}}).json()["status"] == "COMPLETED"
     assert any(e.get("event") == "gpu_hint_reduced" for e in daemon.log_events())
 
