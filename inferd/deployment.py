@@ -20,7 +20,7 @@ import grpc
 from inferd.gpu import GpuDevice, GpuRequest, assign_gpus, hinted_gpus
 from inferd.http.routing import BaseRoute, RouteTable
 from inferd.kinds import get_kind, unsupported_reason
-from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext
+from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, WorkerLaunch
 from inferd.logs import get_logger
 from inferd.protos import CompiledProto
 from inferd.spec import ProjectSpec
@@ -100,14 +100,15 @@ class Deployment:
         def log_line(line: str) -> None:
             self.on_log(api.name, line)
 
-        def backend(slot: int) -> WorkerBackend:
+        def worker_process(slot: int) -> WorkerBackend:
             return WorkerProcess(api.name, slot, init, slots[slot].env, str(project.project_dir), slots[slot].gpus,
                                  lambda frame: metrics.record_user(api.name, frame), log_line)
 
+        launch = WorkerLaunch(project.project_dir, slots, log_line)
         return PoolConfig(
             api=api.name,
             slots=slots,
-            backend=backend,
+            backend=kind.backend(runtime, self.context, launch) or worker_process,
             max_concurrency=kind.worker_concurrency(api),
             ready_wait=self.settings.ready_wait,
             stop_timeout=self.settings.shutdown_grace_period,

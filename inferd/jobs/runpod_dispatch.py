@@ -32,7 +32,7 @@ from inferd.worker.stream import StreamCall
 log = get_logger()
 IDLE_POLL = 1.0  # a missed wake-up costs at most this long
 SWEEP_INTERVAL = 60.0  # seconds between deletions of this API's jobs past their retention or ttl
-ASYNC_KINDS = ("async", "async_generator")  # handlers whose jobs can be cancelled in place
+ASYNC_KINDS = ("async", "async_generator", "sdk")  # jobs cancelled in place (sdk: the SDK's job-stop)
 SERIAL_KINDS = ("sync", "generator")        # handlers a worker runs one at a time
 # While a handler's jobs are short, a consumer that takes work off the queue takes a few more
 # than its worker can start (one write for all of them), kept in the dispatcher for whichever

@@ -10,7 +10,7 @@ kind's own module compares kind names.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +23,8 @@ from inferd.protos import CompiledProto
 from inferd.settings import Settings
 from inferd.spec import ApiSpec
 from inferd.store import AsyncJobStore
-from inferd.worker.pool import WorkerPool
+from inferd.worker.backend import BackendFactory
+from inferd.worker.pool import WorkerPool, WorkerSlot
 
 
 class Front(Protocol):
@@ -46,6 +47,16 @@ class KindContext:
     metrics: Metrics
     store: AsyncJobStore | None
     proto_cache: Path
+
+
+@dataclass(frozen=True)
+class WorkerLaunch:
+    """What the deployment computed for one API's workers (environments, GPUs, where its log
+    lines go), for a kind that starts them its own way (``Kind.backend``)."""
+
+    project_dir: Path
+    slots: Sequence[WorkerSlot]
+    on_log: Callable[[str], None]
 
 
 @dataclass
@@ -113,6 +124,11 @@ class Kind(ABC):
     def front(self, runtime: ApiRuntime, context: KindContext, current: Front | None) -> Front | None:
         """The front for ``runtime``: ``current`` switched to its pool when it is this kind's,
         else a new one; None when the API cannot take requests."""
+
+    def backend(self, runtime: ApiRuntime, context: KindContext, launch: WorkerLaunch) -> BackendFactory | None:
+        """What runs each of the API's workers, when it is not inferd's own worker process
+        (``WorkerProcess`` with this kind's ``runner``); None: it is."""
+        return None
 
     def consumer(self, runtime: ApiRuntime, context: KindContext) -> QueueConsumer | None:
         return None

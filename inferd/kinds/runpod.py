@@ -101,9 +101,9 @@ class RunPodKind(Kind):
         dispatcher = runtime.consumer
         running = len(dispatcher.running) if isinstance(dispatcher, RunPodDispatcher) else 0
         # the queue length as of the last gauge refresh (describe cannot wait for the store)
-        return {"running_jobs": running, "queue_length": runtime.extra.get("queue_length", 0), "routes": [f"{runtime.spec.networking.endpoint}/{op}" for op in
-                                                    ("run", "runsync", "status/<id>", "stream/<id>", "cancel/<id>",
-                                                     "retry/<id>", "health", "purge-queue")]}
+        routes = [f"{runtime.spec.networking.endpoint}/{op}" for op in
+                  ("run", "runsync", "status/<id>", "stream/<id>", "cancel/<id>", "retry/<id>", "health", "purge-queue")]
+        return {"running_jobs": running, "queue_length": runtime.extra.get("queue_length", 0), "routes": routes}
 
     async def refresh_gauges(self, runtime: ApiRuntime, context: KindContext) -> None:
         jobs = job_store(runtime, context)

@@ -26,8 +26,10 @@ RUNNERS = ("direct", "sdk")
 RESERVED_ENV = ("CORTEX_", "RUNPOD_WEBHOOK_")
 # The SDK's own command-line flags (runpod.serverless.start parses them, spec §1.2): they would
 # make the worker test itself or serve its own API instead of taking inferd's jobs.
-SDK_VALUE_FLAGS = ("--test_input", "--rp_api_port", "--rp_api_host", "--rp_api_concurrency", "--rp_log_level")
-SDK_SWITCHES = ("--rp_serve_api", "--rp_debugger")
+# The SDK flags that take the worker out of serving jobs (local test mode, its dev server);
+# --rp_log_level and --rp_debugger are honoured by both runners and stay allowed.
+SDK_VALUE_FLAGS = ("--test_input", "--rp_api_port", "--rp_api_host", "--rp_api_concurrency")
+SDK_SWITCHES = ("--rp_serve_api",)
 
 API_HINTS = {
     "pod": f"{RUNPOD_KIND} runs a RunPod worker file (handler.path); it has no pod",

@@ -123,7 +123,7 @@ def test_runpod_apis_sit_next_to_cortex_apis(tmp_path):
     ("", "    runner: subprocess\n", 'cortex.yaml:5: apis[0].handler.runner: must be one of "direct", "sdk"'),
     ("", "    args: [--model, x, --rp_serve_api]\n",
      "cortex.yaml:5: apis[0].handler.args[2]: \"--rp_serve_api\" is the RunPod SDK's own flag"),
-    ("", "    args: [--rp_log_level=DEBUG]\n", "apis[0].handler.args[0]: \"--rp_log_level=DEBUG\" is the RunPod SDK's own flag"),
+    ("", "    args: [--rp_serve_api]\n", "apis[0].handler.args[0]: \"--rp_serve_api\" is the RunPod SDK's own flag"),
     ("", "    args: [1]\n", "cortex.yaml:5: apis[0].handler.args[0]: must be a string, got 1"),
     ("", "    env:\n      RUNPOD_WEBHOOK_GET_JOB: x\n",
      "cortex.yaml:6: apis[0].handler.env.RUNPOD_WEBHOOK_GET_JOB: names starting with CORTEX_ and RUNPOD_WEBHOOK_ are reserved"),
@@ -216,7 +216,7 @@ def test_a_bare_handler_py_is_served_as_an_api_named_after_the_directory(tmp_pat
     ("FROM python:3.11\nWORKDIR /app\nCOPY src/rp_handler.py /app/\nCMD [\"python3\", \"rp_handler.py\"]\n",
      ("src/rp_handler.py",), "src/rp_handler.py", ()),
     ('FROM python:3.11\nWORKDIR /app\nCOPY . .\nCMD ["python3", "-u", "rp_handler.py", "--rp_serve_api", "--rp_log_level",'
-     ' "DEBUG", "--model", "tiny"]\n', ("rp_handler.py",), "rp_handler.py", ("--model", "tiny")),
+     ' "DEBUG", "--model", "tiny"]\n', ("rp_handler.py",), "rp_handler.py", ("--rp_log_level", "DEBUG", "--model", "tiny")),
     ('FROM python:3.11\nCMD ["sh", "-c", "cd / && python -u worker.py --size 3 && echo done"]\n', ("worker.py",),
      "worker.py", ("--size", "3")),
     ('FROM python:3.11\nENTRYPOINT ["python", "-u", "main.py"]\nCMD ["--rp_api_port=8000", "--fast"]\n', ("main.py",),
