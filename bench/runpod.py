@@ -17,8 +17,11 @@ stopped waiting for when its time was up). "CPU ms/req" is the CPU time of the s
 process group (daemon and worker for inferd) over the run divided by the requests answered; it
 is less sensitive to other load on a shared machine than req/s. The issue's target: the direct
 runner >= 1x the dev server (which answered ~4,400 no-op runsync/s to 16 Python clients on the
-issue author's machine). The third column, inferd's ``handler.runner: sdk`` (the worker talking
-the SDK's own job-take/job-done protocol to inferd), is not built yet.
+issue author's machine). The third column is inferd with ``handler.runner: sdk``: the same file
+in the SDK's own production loop, taking jobs from inferd's emulated platform; that loop waits
+about 1 s between jobs at concurrency 1, so it is measured with --sdk-jobs sequential /runsync
+calls rather than wrk (whose requests would mostly time out in its queue), and the "sequential"
+row measures all three sides the same way. Target there: the direct runner >= 50x the SDK runner.
 
 stream: a generator handler yielding 50 items ``{"i": i, "t": time.time()}``, 20 ms apart.
 inferd: POST /v2/gen/run, then GET /v2/gen/stream/<id> every ~5 ms; per item, the latency is
@@ -87,6 +90,7 @@ runpod.serverless.start({"handler": handler})
 STREAM_ITEMS, STREAM_GAP_MS, POLL_S = 50, 20, 0.005
 INFERD, SDK, SDK_RUNNER = "inferd (direct runner)", "SDK dev server", "SDK runner (handler.runner: sdk)"
 RUNSYNC_TARGET = 1.0
+SDK_RUNNER_TARGET = 50.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -218,19 +222,43 @@ def stored_rows(db: Path, api: str, since_us: int) -> dict[str, int]:
     return dict(rows)
 
 
+def sequential_rate(url: str, jobs: int) -> float:
+    """Round trips per second of ``jobs`` /runsync calls made one after another by one client."""
+    with httpx.Client(timeout=60) as client:
+        client.post(url, json={"input": {"x": 1}}).raise_for_status()  # warm
+        started = time.perf_counter()
+        for _ in range(jobs):
+            client.post(url, json={"input": {"x": 1}}).raise_for_status()
+        return jobs / (time.perf_counter() - started)
+
+
+def sdk_runner_project(root: Path) -> Path:
+    project = make_project(root, "noopsdk", NOOP_HANDLER)
+    (project / "cortex.yaml").write_text("- name: noopsdk\n  kind: RunPodAPI\n  handler:\n    path: handler.py\n"
+                                         "    runner: sdk\n")
+    return project
+
+
 def runsync_case(root: Path, args: argparse.Namespace) -> None:
     project = make_project(root, "noop", NOOP_HANDLER)
     script = root / "runsync.lua"
     script.write_text(LUA)
     inferd, inferd_url, db = start_inferd(root, project)
     sdk, sdk_url = start_sdk(root, project)
+    runner, runner_url, _ = start_inferd(root, sdk_runner_project(root))
     rounds: list[dict[str, dict[str, float]]] = []
+    sequential: dict[str, float] = {}
     try:
+        wait_until_up(SDK_RUNNER, runner, f"{runner_url}/v2/noopsdk/runsync", {"input": {"x": 1}})
+        sequential[SDK_RUNNER] = sequential_rate(f"{runner_url}/v2/noopsdk/runsync", args.sdk_jobs)
+        stop(runner)
         targets = {INFERD: (inferd, f"{inferd_url}/v2/noop/runsync"), SDK: (sdk, f"{sdk_url}/runsync")}
         for name, (proc, url) in targets.items():
             wait_until_up(name, proc, url, {"input": {"x": 1}})
             run_wrk(url, 1, 4, 2, script)  # warm-up
         settle(f"{inferd_url}/v2/noop/health")
+        sequential[INFERD] = sequential_rate(f"{inferd_url}/v2/noop/runsync", 200)
+        sequential[SDK] = sequential_rate(f"{sdk_url}/runsync", 200)
         for n in range(args.rounds):
             order = list(targets) if n % 2 == 0 else list(reversed(targets))
             results = {}
@@ -248,7 +276,19 @@ def runsync_case(root: Path, args: argparse.Namespace) -> None:
     finally:
         stop(inferd)
         stop(sdk)
+        stop(runner)
     print_runsync(rounds, args)
+    print_sequential(sequential, args)
+
+
+def print_sequential(rates: dict[str, float], args: argparse.Namespace) -> None:
+    print(f"\nsequential /runsync round trips per second, one client (SDK runner: {args.sdk_jobs} jobs, others: 200)")
+    for name in (INFERD, SDK, SDK_RUNNER):
+        print(f"  {name:<36}{rates[name]:>10.1f}")
+    ratio = rates[INFERD] / rates[SDK_RUNNER]
+    verdict = "met" if ratio >= SDK_RUNNER_TARGET else "NOT met"
+    print(f"direct runner / SDK runner: {ratio:.0f}x; target >= {SDK_RUNNER_TARGET:.0f}x: {verdict}; "
+          f"direct runner / SDK dev server: {rates[INFERD] / rates[SDK]:.2f}x")
 
 
 def print_runsync(rounds: list[dict[str, dict[str, float]]], args: argparse.Namespace) -> None:
@@ -278,7 +318,7 @@ def print_runsync(rounds: list[dict[str, dict[str, float]]], args: argparse.Name
     width = [22, 24, 16, 34]
     print(f"{'':<{width[0]}}{INFERD:>{width[1]}}{SDK:>{width[2]}}{SDK_RUNNER:>{width[3]}}")
     for label, cell in rows:
-        print(f"{label:<{width[0]}}{cell(INFERD):>{width[1]}}{cell(SDK):>{width[2]}}{'not built yet':>{width[3]}}")
+        print(f"{label:<{width[0]}}{cell(INFERD):>{width[1]}}{cell(SDK):>{width[2]}}{'(sequential, below)':>{width[3]}}")
     answered = total(INFERD, "requests") - total(INFERD, "non2xx")
     stored, completed = total(INFERD, "rows"), total(INFERD, "completed")
     check = "ok" if answered <= completed <= stored <= answered + args.connections * len(rounds) else "MISMATCH"
@@ -401,6 +441,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2,
                         help="runsync: measure each side this many times, alternating which goes first; report medians")
     parser.add_argument("--stream-jobs", type=int, default=5, help="stream: generator jobs per side")
+    parser.add_argument("--sdk-jobs", type=int, default=5, help="runsync: sequential jobs through the SDK runner")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
