@@ -160,18 +160,8 @@ class WorkerProcess:
         return self._ready is not None and self._ready.done() and self._ready.result()
 
     async def _exit_code(self) -> int:
-        """The exit status as soon as the process is reaped. ``Process.wait()`` alone also waits
-        for its pipes to close, which a process the handler started can hold open for ever."""
         assert self._proc is not None
-        waiter = asyncio.ensure_future(self._proc.wait())
-        try:
-            while not waiter.done() and self._proc.returncode is None:
-                await asyncio.wait({waiter}, timeout=EXIT_POLL)
-        finally:
-            waiter.cancel()
-        code = self._proc.returncode
-        assert code is not None
-        return code
+        return await exit_code(self._proc)
 
     async def stop(self, timeout: float) -> None:
         """Let in-flight calls finish (bounded by ``timeout``), then make sure the process is gone."""
@@ -317,27 +307,50 @@ class WorkerProcess:
             stream.on_gone(message)
 
     async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
-        """Worker output becomes daemon log lines; the worker's own JSON events pass through."""
-        if stream is None:
-            return
-        while line := await _read_line(stream):
-            text = line.decode("utf-8", "replace").rstrip("\n")
-            if text.startswith("{") and text.endswith("}"):
-                try:
-                    event = json.loads(text)
-                except ValueError:
-                    pass
-                else:
-                    relay_event(text, event)
-                    self._on_log(text)
-                    continue
-            if name == "stderr" and text.strip():
-                self._last_stderr = text.strip()
-            self.log.info("worker_output", pid=self.pid, stream=name, line=text)
-            self._on_log(json.dumps({"event": "worker_output", "api": self.api, "worker": self.pid,
-                                     "stream": name, "line": text}))
-        sys.stdout.flush()
+        await relay_output(stream, name, self.api, self.pid, self.log, self._on_log, self._on_stderr)
+
+    def _on_stderr(self, text: str) -> None:
+        self._last_stderr = text.strip()
 
     def describe(self) -> dict[str, Any]:
         return {"slot": self.slot, "pid": self.pid, "state": self.state, "gpus": list(self.gpus),
                 "in_flight": self.in_flight, "error": self.error}
+
+
+async def exit_code(proc: asyncio.subprocess.Process) -> int:
+    """The exit status as soon as the process is reaped. ``Process.wait()`` alone also waits
+    for its pipes to close, which a process the handler started can hold open for ever."""
+    waiter = asyncio.ensure_future(proc.wait())
+    try:
+        while not waiter.done() and proc.returncode is None:
+            await asyncio.wait({waiter}, timeout=EXIT_POLL)
+    finally:
+        waiter.cancel()
+    code = proc.returncode
+    assert code is not None
+    return code
+
+
+async def relay_output(stream: asyncio.StreamReader | None, name: str, api: str, pid: int | None, log: Any,
+                       on_log: Callable[[str], None], on_stderr: Callable[[str], None]) -> None:
+    """A worker's output becomes daemon log lines (and its API's log book); the worker's own JSON
+    events pass through as events. ``on_stderr`` sees each non-blank stderr line."""
+    if stream is None:
+        return
+    while line := await _read_line(stream):
+        text = line.decode("utf-8", "replace").rstrip("\n")
+        if text.startswith("{") and text.endswith("}"):
+            try:
+                event = json.loads(text)
+            except ValueError:
+                pass
+            else:
+                if isinstance(event, dict):
+                    relay_event(text, event)
+                    on_log(text)
+                    continue
+        if name == "stderr" and text.strip():
+            on_stderr(text)
+        log.info("worker_output", pid=pid, stream=name, line=text)
+        on_log(json.dumps({"event": "worker_output", "api": api, "worker": pid, "stream": name, "line": text}))
+    sys.stdout.flush()

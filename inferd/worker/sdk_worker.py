@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
-import json
 import os
 import secrets
 import signal
@@ -34,11 +33,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from inferd.logs import get_logger, relay_event
+from inferd.logs import get_logger
 from inferd.worker import protocol
 from inferd.worker.backend import Response, WorkerGone, exit_reason
 from inferd.worker.loopback_http import LoopbackServer, Request
-from inferd.worker.process import ABORT_GRACE, EXIT_POLL, LINE_LIMIT, PUMP_DRAIN, _read_line
+from inferd.worker.process import ABORT_GRACE, LINE_LIMIT, PUMP_DRAIN, exit_code, relay_output
 from inferd.worker.runpod_platform import STOP_GRACE, PlatformJob, RunPodPlatform, job_id_of, urls
 from inferd.worker.stream import StreamCall
 
@@ -187,18 +186,8 @@ class SdkWorker:
         return code
 
     async def _exit_code(self) -> int:
-        """The exit status as soon as the process is reaped (``wait()`` also waits for its pipes,
-        which a process it started can hold open)."""
         assert self._proc is not None
-        waiter = asyncio.ensure_future(self._proc.wait())
-        try:
-            while not waiter.done() and self._proc.returncode is None:
-                await asyncio.wait({waiter}, timeout=EXIT_POLL)
-        finally:
-            waiter.cancel()
-        code = self._proc.returncode
-        assert code is not None
-        return code
+        return await exit_code(self._proc)
 
     async def stop(self, timeout: float) -> None:
         """SIGTERM: the SDK takes no more jobs, finishes the ones it holds and exits; after
@@ -351,28 +340,8 @@ class SdkWorker:
     # -- output ------------------------------------------------------------------------------
 
     async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
-        """Worker output becomes daemon log lines, as a WorkerProcess's does; JSON lines (the
-        SDK's, with RUNPOD_ENDPOINT_ID set) pass through as events."""
-        if stream is None:
-            return
-        while line := await _read_line(stream):
-            text = line.decode("utf-8", "replace").rstrip("\n")
-            if text.startswith("{") and text.endswith("}"):
-                try:
-                    event = json.loads(text)
-                except ValueError:
-                    pass
-                else:
-                    if isinstance(event, dict):
-                        relay_event(text, event)
-                        self._on_log(text)
-                        continue
-            if name == "stderr" and text.strip():
-                self._stderr.append(text)
-            self.log.info("worker_output", pid=self.pid, stream=name, line=text)
-            self._on_log(json.dumps({"event": "worker_output", "api": self.api, "worker": self.pid,
-                                     "stream": name, "line": text}))
-        sys.stdout.flush()
+        # as a WorkerProcess's: JSON lines (the SDK's, with RUNPOD_ENDPOINT_ID set) pass through as events
+        await relay_output(stream, name, self.api, self.pid, self.log, self._on_log, self._stderr.append)
 
     def describe(self) -> dict[str, Any]:
         return {"slot": self.slot, "pid": self.pid, "state": self.state, "gpus": list(self.gpus),
