@@ -85,7 +85,7 @@ def status(daemon: RunningDaemon, api: str, job_id: str) -> dict:
 
 
 def wait_status(daemon: RunningDaemon, api: str, job_id: str, until: tuple[str, ...] = FINAL,
-                timeout: float = 30) -> dict:
+                timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = status(daemon, api, job_id)

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import INTERNAL_FAULTS, PROJECTS, RunningDaemon, children_of, pid_alive
+from tests.e2e.test_runpod import status, wait_status
 
 PROJECT = PROJECTS / "runpod_sdk"
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
@@ -71,23 +72,6 @@ def runsync(daemon: RunningDaemon, api: str, job_input: object) -> dict:
     body = reply.json()
     assert body["status"] in FINAL, body
     return body
-
-
-def status(daemon: RunningDaemon, api: str, job_id: str) -> dict:
-    reply = daemon.client.get(f"/v2/{api}/status/{job_id}")
-    assert reply.status_code == 200, reply.text
-    return reply.json()
-
-
-def wait_status(daemon: RunningDaemon, api: str, job_id: str, until: tuple[str, ...] = FINAL,
-                timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = status(daemon, api, job_id)
-        if body["status"] in until:
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"{api} job {job_id} still {body} after {timeout}s")
 
 
 def streamed(daemon: RunningDaemon, api: str, job_id: str) -> list:

@@ -29,16 +29,18 @@ runs them on its loop), so the worker's loop stays free for frames.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
 import os
+import platform
 import runpy
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,12 +65,41 @@ Progress = Callable[[dict[str, Any], Any], None]
 def sdk() -> Any:
     """The real ``runpod`` package, with the modules this runner uses, imported on first use: it
     takes seconds to import, and other kinds of worker (and the daemon) must not pay for that."""
-    import runpod.serverless.modules.rp_job  # type: ignore[import-untyped]  # the SDK ships no types
-    import runpod.serverless.modules.rp_progress  # type: ignore[import-untyped]
-    import runpod.serverless.modules.worker_state  # type: ignore[import-untyped]
-    import runpod.serverless.utils.rp_debugger  # type: ignore[import-untyped]
+    with processor_name_from_proc():
+        import runpod.serverless.modules.rp_job  # type: ignore[import-untyped]  # the SDK ships no types
+        import runpod.serverless.modules.rp_progress  # type: ignore[import-untyped]
+        import runpod.serverless.modules.worker_state  # type: ignore[import-untyped]
+        import runpod.serverless.utils.rp_debugger  # type: ignore[import-untyped]
 
     return runpod
+
+
+@contextlib.contextmanager
+def processor_name_from_proc() -> Iterator[None]:
+    """The SDK asks py-cpuinfo for the processor's name when it is imported (for --rp_debugger's
+    report), which runs a helper process and costs ~2.5 s of CPU at every worker start. The same
+    name, read from /proc/cpuinfo, is all the SDK uses."""
+    try:
+        import cpuinfo  # type: ignore[import-untyped]
+    except ImportError:
+        yield
+        return
+    original = cpuinfo.get_cpu_info
+    cpuinfo.get_cpu_info = lambda: {"brand_raw": processor_name()}
+    try:
+        yield
+    finally:
+        cpuinfo.get_cpu_info = original
+
+
+def processor_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "Unable to get processor info."
 
 
 # -- loading the worker file -------------------------------------------------------------------
