@@ -85,3 +85,38 @@ def test_runpod_api_keys_setting_guards_apis_without_their_own(tmp_path: Path, s
     assert daemon.client.post(url, json={"input": {}}).status_code == 401
     for key in ("Bearer two", "one"):  # the SDKs send Bearer; RunPod's docs show the bare key
         assert daemon.client.post(url, json={"input": {}}, headers={"authorization": key}).json()["status"] == "COMPLETED"
+
+
+DIES = '''import os
+import pathlib
+
+import runpod
+
+
+def handler(job):
+    marker = pathlib.Path(job["input"]["marker"])
+    if job["input"].get("always") or not marker.exists():
+        marker.touch()
+        os._exit(3)  # the worker dies mid-job, as an OOM kill or a segfault would
+    return "survived"
+
+
+runpod.serverless.start({"handler": handler})
+'''
+
+
+def test_a_job_whose_worker_dies_is_requeued_once_then_failed(tmp_path: Path, start_daemon) -> None:
+    project = tmp_path / "dying-worker"
+    project.mkdir()
+    (project / "handler.py").write_text(DIES)
+    daemon = start_daemon(project)
+    daemon.wait_ready(["dying-worker"])
+    base = "/v2/dying-worker"
+    once = daemon.client.post(f"{base}/runsync", json={"input": {"marker": str(tmp_path / "once")}}).json()
+    assert (once["status"], once["output"]) == ("COMPLETED", "survived")  # the second attempt, on a new worker
+    always = daemon.client.post(f"{base}/runsync", json={"input": {"marker": str(tmp_path / "x"), "always": True}}).json()
+    assert always["status"] == "FAILED"
+    assert always["error"].startswith("the worker running it stopped: worker ") and "died" in always["error"], always
+    assert daemon.client.post(f"{base}/runsync", json={"input": {"marker": str(tmp_path / "once")}}).json()["status"] == "COMPLETED"
+    events = [e for e in daemon.log_events() if e.get("event") == "runpod_job_interrupted"]
+    assert [e["status"] for e in events] == ["IN_QUEUE", "IN_QUEUE", "FAILED"]
