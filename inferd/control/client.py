@@ -86,6 +86,8 @@ def status_detail(reply: Any) -> str:
              f"requests/s {api.requests_per_second:.1f}, p50 {api.p50_ms:.1f} ms, p99 {api.p99_ms:.1f} ms"]
     if api.HasField("queue_length"):
         lines.append(f"queue length {api.queue_length}")
+    if "running_jobs" in detail:  # kinds that run queued jobs say how many are running
+        lines.append(f"running jobs {detail['running_jobs']}")
     for worker in detail.get("workers", []):
         lines.append(f"  worker slot {worker['slot']}: pid {worker['pid']} {worker['state']} "
                      f"gpus {worker['gpus'] or '-'} in flight {worker['in_flight']}")

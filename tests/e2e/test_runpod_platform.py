@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +73,9 @@ def test_hub_json_gpu_count_is_a_hint_on_a_node_without_gpus(tmp_path: Path, sta
     assert (api["queue_length"], api["running_jobs"]) == (0, 0)
     assert daemon.client.post("/v2/gpu-worker/runsync", json={"input": {}}).json()["status"] == "COMPLETED"
     assert any(e.get("event") == "gpu_hint_reduced" for e in daemon.log_events())
+    shown = subprocess.run([sys.executable, "-m", "inferd", "status", "gpu-worker", "--state-dir", str(daemon.state_dir)],
+                           capture_output=True, text=True, timeout=60)
+    assert "queue length 0" in shown.stdout and "running jobs 0" in shown.stdout, shown
 
 
 def test_runpod_api_keys_setting_guards_apis_without_their_own(tmp_path: Path, start_daemon) -> None:
