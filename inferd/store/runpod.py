@@ -201,9 +201,6 @@ _REQUEUE = (
 REQUEUE_ONE = f"{_REQUEUE} AND id = :id RETURNING status"
 RECOVER_ALL = f"{_REQUEUE} RETURNING status"
 RECOVER_API = f"{_REQUEUE} AND api = :api RETURNING status"
-_OVERDUE = f"status = '{IN_PROGRESS}' AND started_at + execution_timeout_ms * 1000 <= :now AND {_LIVE}"
-EXPIRED_RUNNING = f"SELECT {COLUMNS} FROM runpod_jobs WHERE {_OVERDUE} ORDER BY seq"
-EXPIRED_RUNNING_API = f"SELECT {COLUMNS} FROM runpod_jobs WHERE {_OVERDUE} AND api = :api ORDER BY seq"
 COUNTS = (f"SELECT CASE WHEN {_RESERVED} THEN '{IN_QUEUE}' ELSE status END AS shown, count(*), sum(retried)"
           f" FROM runpod_jobs WHERE api = :api AND {_LIVE} GROUP BY shown")
 # two counts, so each walks the (api, status) index instead of every row of the API
@@ -410,16 +407,6 @@ class RunPodJobStore:
         else:
             row = await self._jobs.read(_first, BY_ID_AND_API, {**moments, "id": job_id, "api": api})
         return None if row is None else RunPodJob.from_row(row, moments["now"])
-
-    async def expired_running(self, now: datetime | None = None, api: str | None = None) -> list[RunPodJob]:
-        """IN_PROGRESS jobs running for longer than their execution timeout at ``now`` (default:
-        the clock), oldest first: the caller stops their workers and finishes them TIMED_OUT."""
-        moments = self._moments(now)
-        if api is None:
-            rows = await self._jobs.read(_all, EXPIRED_RUNNING, moments)
-        else:
-            rows = await self._jobs.read(_all, EXPIRED_RUNNING_API, {**moments, "api": api})
-        return [RunPodJob.from_row(row, moments["now"]) for row in rows]
 
     async def counts(self, api: str) -> dict[str, int]:
         """The ``jobs`` block of /health (spec §4.6). failed counts FAILED and TIMED_OUT; retried

@@ -445,25 +445,6 @@ def test_claim_skips_jobs_past_their_ttl(tmp_path: Path) -> None:
     with_store(tmp_path / "jobs.db", body, clock)
 
 
-def test_expired_running(tmp_path: Path) -> None:
-    clock = Clock()
-
-    async def body(store: RunPodJobStore) -> None:
-        slow = await running(store, execution_timeout_ms=5_000)
-        await running(store, execution_timeout_ms=60_000)
-        other = await running(store, "b", execution_timeout_ms=5_000)
-        await submit(store, execution_timeout_ms=1)  # queued: its clock has not started
-        assert await store.expired_running() == []
-        clock.advance(timedelta(seconds=5))
-        assert [job.id for job in await store.expired_running()] == [slow.id, other.id]
-        assert [job.id for job in await store.expired_running(api="a")] == [slow.id]
-        assert len(await store.expired_running(clock.now + timedelta(minutes=1))) == 3
-        await store.finish(slow.id, TIMED_OUT, None, "execution timeout")
-        assert [job.id for job in await store.expired_running()] == [other.id]
-
-    with_store(tmp_path / "jobs.db", body, clock)
-
-
 def test_closed_store_refuses_work(tmp_path: Path) -> None:
     async def main() -> None:
         jobs = await AsyncJobStore.open(tmp_path / "jobs.db")
