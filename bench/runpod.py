@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -58,7 +57,8 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from realtime import UNITS, free_port, start  # noqa: E402  (start runs inferd from this tree)
+from asyncapi import run_wrk  # noqa: E402  (wrk's rate, latency and error counts)
+from realtime import free_port, start  # noqa: E402  (start runs inferd from this tree)
 
 LOG_ENV = {"RUNPOD_LOG_LEVEL": "ERROR", "UVICORN_LOG_LEVEL": "warning"}
 INPUT = '{"input": {"x": 1}}'
@@ -180,19 +180,6 @@ def print_logs(root: Path) -> None:
 
 
 # --- runsync case ---
-
-
-def run_wrk(url: str, threads: int, connections: int, seconds: int, script: Path) -> dict[str, float]:
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
-                          str(script), url], capture_output=True, text=True, check=True).stdout
-    latency = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"\s(50|99)%\s+([\d.]+)(us|ms|s)\b", out)}
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
-            "p50": latency["50"], "p99": latency["99"],
-            "non2xx": int(non2xx.group(1)) if non2xx else 0,
-            "sockerr": sum(map(int, sockets.groups())) if sockets else 0}
 
 
 def measured_wrk(proc: subprocess.Popen, url: str, args: argparse.Namespace, script: Path) -> dict[str, float]:

@@ -13,7 +13,7 @@ import hmac
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.datastructures import QueryParams
 from starlette.types import Receive, Scope, Send
@@ -131,6 +131,34 @@ class FinishedJobs:
 Route = Callable[[str, Scope, Receive, Send], Any]
 
 
+class Dispatcher(Protocol):
+    """What the front asks of the API's job dispatcher (``inferd.jobs.runpod_dispatch``)."""
+
+    def notify(self) -> None: ...
+
+    def stop_job(self, job_id: str, reason: str) -> bool: ...
+
+    def health_workers(self) -> dict[str, int]: ...
+
+    def forget_reserved(self) -> None: ...
+
+
+class NoDispatcher:
+    """Until the first pool's dispatcher is switched in."""
+
+    def notify(self) -> None:
+        pass
+
+    def stop_job(self, job_id: str, reason: str) -> bool:
+        return False
+
+    def health_workers(self) -> dict[str, int]:
+        return {}
+
+    def forget_reserved(self) -> None:
+        pass
+
+
 class RunPodEndpoint:
     def __init__(self, api: str, jobs: RunPodJobStore, settings: QueueSettings, metrics: Metrics) -> None:
         self.api = api
@@ -139,21 +167,16 @@ class RunPodEndpoint:
         self.recorder = metrics.recorder(api)
         self.waiting = FinishedJobs()
         self.webhooks = WebhookSender()
-        self.notify: Callable[[], None] = lambda: None
-        self.stop_job: Callable[[str, str], bool] = lambda job_id, reason: False
-        self.health_workers: Callable[[], dict[str, int]] = dict
-        self.forget_reserved: Callable[[], None] = lambda: None
+        self.dispatcher: Dispatcher = NoDispatcher()
         self.routes: dict[tuple[str, str], Route] = {
             ("POST", "run"): self._run, ("POST", "runsync"): self._runsync, ("GET", "status"): self._status,
             ("GET", "stream"): self._stream, ("POST", "cancel"): self._cancel, ("POST", "retry"): self._retry,
             ("GET", "health"): self._health, ("POST", "purge-queue"): self._purge,
         }
 
-    def switch(self, notify: Callable[[], None], stop_job: Callable[[str, str], bool],
-               health_workers: Callable[[], dict[str, int]], forget_reserved: Callable[[], None]) -> None:
-        """A reload replaced the API's workers and dispatcher: talk to the new ones."""
-        self.notify, self.stop_job, self.health_workers = notify, stop_job, health_workers
-        self.forget_reserved = forget_reserved
+    def switch(self, jobs: RunPodJobStore, settings: QueueSettings, dispatcher: Dispatcher) -> None:
+        """A reload replaced the API's workers and dispatcher (and maybe its settings): use the new ones."""
+        self.jobs, self.settings, self.dispatcher = jobs, settings, dispatcher
 
     def job_finished(self, job: RunPodJob) -> None:
         """The dispatcher finished a job: wake its /runsync waiters and call its webhook."""
@@ -208,7 +231,7 @@ class RunPodEndpoint:
             return 400
         job = await self.jobs.submit(self.api, request.input, request.webhook, request.execution_timeout_ms,
                                      request.ttl_ms, sync)
-        self.notify()
+        self.dispatcher.notify()
         return job
 
     async def _run(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
@@ -273,7 +296,7 @@ class RunPodEndpoint:
             return 404
         job = await self.jobs.cancel(job_id)
         if job is not None and job.status == CANCELLED:
-            self.stop_job(job_id, "cancelled by a client (/cancel)")
+            self.dispatcher.stop_job(job_id, "cancelled by a client (/cancel)")
             self.waiting.finished(job)
         await send_json(send, 200, {"id": job_id, "status": job.status if job else CANCELLED})
         return 200
@@ -286,19 +309,19 @@ class RunPodEndpoint:
         if retried is None:
             await send_error(send, 400, self.api, f"job {job_id} is {job.status}; only FAILED or TIMED_OUT jobs can be retried")
             return 400
-        self.notify()
+        self.dispatcher.notify()
         await send_json(send, 200, {"id": job_id, "status": IN_QUEUE})
         return 200
 
     # -- the endpoint ----------------------------------------------------------------------------
 
     async def _health(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
-        await send_json(send, 200, {"jobs": await self.jobs.counts(self.api), "workers": self.health_workers()})
+        await send_json(send, 200, {"jobs": await self.jobs.counts(self.api), "workers": self.dispatcher.health_workers()})
         return 200
 
     async def _purge(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
         removed = await self.jobs.purge(self.api)
-        self.forget_reserved()
+        self.dispatcher.forget_reserved()
         await send_json(send, 200, {"removed": removed, "status": "completed"})
         return 200
 

@@ -166,6 +166,19 @@ class RunPodDispatcher:
             self.pool.retire(running.worker, f"job {job_id}: {reason}", drain=None)
         return True
 
+    def health_workers(self) -> dict[str, int]:
+        """RunPod's ``/health`` ``workers`` block, from the pool's own view of its workers."""
+        busy = {id(r.worker) for r in self.running.values()}
+        counts = {"idle": 0, "running": 0, "initializing": 0, "unhealthy": 0}
+        for worker in self.pool.workers:
+            if worker is None or worker.state == "starting":
+                counts["initializing"] += 1
+            elif worker.state == "ready":
+                counts["running" if id(worker) in busy else "idle"] += 1
+            else:
+                counts["unhealthy"] += 1
+        return counts
+
     def forget_reserved(self) -> None:
         """The queue was purged, the jobs held here with it."""
         self._reserved.clear()
@@ -329,18 +342,4 @@ class RunPodDispatcher:
                 self._finished(finished)
         else:
             self.notify()
-
-
-def health_workers(pool: WorkerPool, running: dict[str, RunningJob]) -> dict[str, int]:
-    """RunPod's ``/health`` ``workers`` block, from the pool's own view of its workers."""
-    busy = {id(r.worker) for r in running.values()}
-    counts = {"idle": 0, "running": 0, "initializing": 0, "unhealthy": 0}
-    for worker in pool.workers:
-        if worker is None or worker.state == "starting":
-            counts["initializing"] += 1
-        elif worker.state == "ready":
-            counts["running" if id(worker) in busy else "idle"] += 1
-        else:
-            counts["unhealthy"] += 1
-    return counts
 

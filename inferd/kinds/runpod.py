@@ -12,7 +12,7 @@ from typing import Any
 from inferd.http.cors import with_cors
 from inferd.http.routing import BaseRoute, Mount
 from inferd.http.runpod import QueueSettings, RunPodEndpoint
-from inferd.jobs.runpod_dispatch import RunPodDispatcher, health_workers
+from inferd.jobs.runpod_dispatch import RunPodDispatcher
 from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, QueueConsumer, WorkerLaunch
 from inferd.settings import Settings
 from inferd.spec import ApiSpec, RunPodSpec
@@ -76,15 +76,13 @@ class RunPodKind(Kind):
         jobs = job_store(runtime, context)
         if runtime.pool is None or jobs is None:
             return None
-        front = current if isinstance(current, RunPodEndpoint) else RunPodEndpoint(
-            runtime.name, jobs, queue_settings(runtime.spec, context.settings), context.metrics)
-        front.jobs, front.settings = jobs, queue_settings(runtime.spec, context.settings)
+        settings = queue_settings(runtime.spec, context.settings)
+        front = current if isinstance(current, RunPodEndpoint) else RunPodEndpoint(runtime.name, jobs, settings,
+                                                                                   context.metrics)
         dispatcher = runtime.consumer
         if isinstance(dispatcher, RunPodDispatcher):
             dispatcher.on_finished = front.job_finished
-            pool = runtime.pool
-            front.switch(dispatcher.notify, dispatcher.stop_job, lambda: health_workers(pool, dispatcher.running),
-                         dispatcher.forget_reserved)
+            front.switch(jobs, settings, dispatcher)
         return front
 
     def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:

@@ -141,19 +141,11 @@ class WorkerProcess:
         self._heartbeat.close()
         if self._kill_timer is not None:
             self._kill_timer.cancel()
-        if self._pumps:
-            _, late = await asyncio.wait(self._pumps, timeout=PUMP_DRAIN)
-            for pump in late:
-                pump.cancel()
+        await drain_output(self._pumps)
         if self._aborted:
             self.error = self._aborted
         elif self.error is None and not stopping:
-            # e.g. os._exit in __init__, the OOM killer, a crash in a C extension: say when, and
-            # its last words, if it had any
-            when = "" if self._reported_ready() else " before it was ready"
-            words = f": {self._last_stderr}" if self._last_stderr else ""
-            if when or words:
-                self.error = f"worker {reason}{when}{words}"
+            self.error = unexpected_exit(reason, self._reported_ready(), self._last_stderr)
         return code
 
     def _reported_ready(self) -> bool:
@@ -315,6 +307,22 @@ class WorkerProcess:
     def describe(self) -> dict[str, Any]:
         return {"slot": self.slot, "pid": self.pid, "state": self.state, "gpus": list(self.gpus),
                 "in_flight": self.in_flight, "error": self.error}
+
+
+async def drain_output(pumps: list[asyncio.Task[None]]) -> None:
+    """An exited worker's last output lines still reach the log, for at most PUMP_DRAIN."""
+    if pumps:
+        _, late = await asyncio.wait(pumps, timeout=PUMP_DRAIN)
+        for pump in late:
+            pump.cancel()
+
+
+def unexpected_exit(reason: str, ready: bool, last_words: str) -> str | None:
+    """What to say of a worker that ended on its own (os._exit in __init__, the OOM killer, a
+    crash in a C extension): when, and its last stderr line, if it had any."""
+    when = "" if ready else " before it was ready"
+    words = f": {last_words}" if last_words else ""
+    return f"worker {reason}{when}{words}" if when or words else None
 
 
 async def exit_code(proc: asyncio.subprocess.Process) -> int:

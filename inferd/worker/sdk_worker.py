@@ -37,7 +37,7 @@ from inferd.logs import get_logger
 from inferd.worker import protocol
 from inferd.worker.backend import Response, WorkerGone, exit_reason
 from inferd.worker.loopback_http import LoopbackServer, Request
-from inferd.worker.process import ABORT_GRACE, LINE_LIMIT, PUMP_DRAIN, exit_code, relay_output
+from inferd.worker.process import ABORT_GRACE, LINE_LIMIT, drain_output, exit_code, relay_output, unexpected_exit
 from inferd.worker.runpod_platform import STOP_GRACE, PlatformJob, RunPodPlatform, job_id_of, urls
 from inferd.worker.stream import StreamCall
 
@@ -167,20 +167,15 @@ class SdkWorker:
         stopping, self.state = self.state == "stopping", "exited"
         reason = self._aborted or exit_reason(code)
         self._end(f"worker {self.pid} of api '{self.api}' {reason}")
-        if self._pumps:
-            _, late = await asyncio.wait(self._pumps, timeout=PUMP_DRAIN)
-            for pump in late:
-                pump.cancel()
+        await drain_output(self._pumps)
         if self._aborted:
             self.error = self._aborted
         elif self.error is None and not stopping:
             ready = self._ready is not None and self._ready.done() and self._ready.result()
-            when = "" if ready else " before it was ready"
             last = self._stderr[-1].strip() if self._stderr else ""
             if code == 0 and not ready:
                 last = last or f"{self._script.name} did not start the SDK's worker loop (runpod.serverless.start)"
-            if when or last:
-                self.error = f"worker {reason}{when}{': ' + last if last else ''}"
+            self.error = unexpected_exit(reason, ready, last)
             if not ready:
                 self.init_traceback = traceback_tail(list(self._stderr))
         return code
@@ -207,8 +202,7 @@ class SdkWorker:
                 self.kill()
                 await self._exit_code()
         self._end(f"worker {self.pid} of api '{self.api}' stopped")
-        if self._pumps:  # its last lines (the SDK says how it shut down) still reach the log
-            await asyncio.wait(self._pumps, timeout=PUMP_DRAIN)
+        await drain_output(self._pumps)  # its last lines (the SDK says how it shut down) still reach the log
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL, group=True)
