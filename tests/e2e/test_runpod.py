@@ -35,10 +35,11 @@ def assert_clean(daemon: RunningDaemon) -> None:
     assert "Exception in ASGI application" not in daemon.logs()
 
 
-def serve(project: Path, tmp: Path) -> Iterator[RunningDaemon]:
+def serve(project: Path, tmp: Path, ready_timeout: float = 120) -> Iterator[RunningDaemon]:
+    """A daemon for a module; every worker imports the SDK (seconds of CPU each) on a shared machine."""
     daemon = RunningDaemon(project, tmp)
     try:
-        daemon.wait_ready()
+        daemon.wait_ready(timeout=ready_timeout)
         yield daemon
     finally:
         daemon.stop()
@@ -49,14 +50,14 @@ def worker_id(pid: int) -> str:
     return f"{HOST}-{pid}"
 
 
-def worker_pid(daemon: RunningDaemon, api: str, other_than: int | None = None, timeout: float = 30) -> int:
+def worker_pid(daemon: RunningDaemon, api: str, other_than: int | None = None, timeout: float = 60) -> int:
     """The pid of the API's ready worker (one that is not ``other_than``), once there is one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         described = daemon.api(api)
         ready = [w["pid"] for w in described["workers"] if w["state"] == "ready" and w["pid"] != other_than]
         if ready and described["state"] == "ready":
-            return ready[0]
+            return int(ready[0])
         time.sleep(0.05)
     raise AssertionError(f"{api}: no ready worker other than {other_than} after {timeout}s: {daemon.api(api)}")
 
@@ -71,7 +72,7 @@ def run(daemon: RunningDaemon, api: str, job_input: object, **extra: object) -> 
 
 
 def runsync(daemon: RunningDaemon, api: str, job_input: object, **extra: object) -> dict:
-    reply = daemon.client.post(f"/v2/{api}/runsync", json={"input": job_input, **extra})
+    reply = daemon.client.post(f"/v2/{api}/runsync", json={"input": job_input, **extra}, timeout=120)
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["id"].startswith("sync-") and body["status"] in FINAL, body

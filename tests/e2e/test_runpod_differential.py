@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import RunningDaemon
-from tests.e2e.test_runpod_sdk_runner import FINAL, PROJECT, run, runsync, serve, status, streamed
+from tests.e2e.test_runpod_sdk_runner import FINAL, PROJECT, run, runsync, sdk_project, serve, status, streamed
 
 DIRECT = "-direct"
 ERROR_FIELDS = {"error_type", "error_message", "error_traceback", "hostname", "worker_id", "runpod_version"}
@@ -48,7 +48,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     tmp = tmp_path_factory.mktemp("differential")
     project = tmp / "twice"
     project.mkdir()
-    for path in PROJECT.glob("*.py"):
+    for path in sdk_project(tmp).glob("*.py"):
         shutil.copy(path, project / path.name)
     apis = yaml.safe_load((PROJECT / "cortex.yaml").read_text())
     twins = []

@@ -1,5 +1,5 @@
-"""RunPodAPI with ``handler.runner: sdk``: each unchanged worker file (tests/projects/runpod_sdk)
-runs as ``python -u <file>`` in the SDK's production mode, and inferd plays the RunPod platform
+"""RunPodAPI with ``handler.runner: sdk``: each unchanged worker file (the direct runner's own,
+tests/projects/runpod and runpod_extra, served by tests/projects/runpod_sdk/cortex.yaml) runs as ``python -u <file>`` in the SDK's production mode, and inferd plays the RunPod platform
 for its job loop (job-take, job-stream, job-done, job-stop, ping), behind RunPod's queue API."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -16,62 +15,28 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
-from tests.conftest import INTERNAL_FAULTS, PROJECTS, RunningDaemon, children_of, pid_alive
-from tests.e2e.test_runpod import status, wait_status
+from tests.conftest import PROJECTS, RunningDaemon, children_of, pid_alive
+from tests.e2e.test_runpod import FINAL, assert_clean, run, runsync, serve, status, wait_status, worker_id, worker_pid
 
-PROJECT = PROJECTS / "runpod_sdk"
-FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
-HOST = socket.gethostname()
+PROJECT = PROJECTS / "runpod_sdk"  # its cortex.yaml; the worker files are the direct runner's
+SOURCES = (PROJECTS / "runpod", PROJECTS / "runpod_extra")
 READY_TIMEOUT = 120  # every worker imports the SDK (seconds of CPU each) on a shared machine
 
 
 # -- helpers (also used by test_runpod_differential.py) -------------------------------------------
 
-def assert_clean(daemon: RunningDaemon) -> None:
-    faults = [e for e in daemon.log_events() if e.get("event") in INTERNAL_FAULTS]
-    assert not faults, faults[:3]
-    assert "Exception in ASGI application" not in daemon.logs()
-
-
-def serve(project: Path, tmp: Path) -> Iterator[RunningDaemon]:
-    daemon = RunningDaemon(project, tmp)
-    try:
-        daemon.wait_ready(timeout=READY_TIMEOUT)
-        yield daemon
-    finally:
-        daemon.stop()
-    assert_clean(daemon)
-
-
-def worker_id(pid: int) -> str:
-    return f"{HOST}-{pid}"
-
-
-def worker_pid(daemon: RunningDaemon, api: str, other_than: int | None = None, timeout: float = 60) -> int:
-    """The pid of the API's ready worker (one that is not ``other_than``), once there is one."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        described = daemon.api(api)
-        ready = [w["pid"] for w in described["workers"] if w["state"] == "ready" and w["pid"] != other_than]
-        if ready and described["state"] == "ready":
-            return int(ready[0])
-        time.sleep(0.05)
-    raise AssertionError(f"{api}: no ready worker other than {other_than} after {timeout}s: {daemon.api(api)}")
-
-
-def run(daemon: RunningDaemon, api: str, job_input: object) -> str:
-    reply = daemon.client.post(f"/v2/{api}/run", json={"input": job_input})
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["id"])
-
-
-def runsync(daemon: RunningDaemon, api: str, job_input: object) -> dict:
-    reply = daemon.client.post(f"/v2/{api}/runsync", json={"input": job_input}, timeout=120)
-    assert reply.status_code == 200, reply.text
-    body = reply.json()
-    assert body["status"] in FINAL, body
-    return body
+def sdk_project(tmp: Path) -> Path:
+    """tests/projects/runpod_sdk with the worker files its cortex.yaml names, copied from the
+    direct runner's projects: both runners serve the very same files."""
+    project = tmp / "runpod_sdk"
+    shutil.copytree(PROJECT, project)
+    for api in yaml.safe_load((PROJECT / "cortex.yaml").read_text()):
+        name = api["handler"]["path"]
+        if not (project / name).exists():
+            shutil.copy(next(source / name for source in SOURCES if (source / name).exists()), project / name)
+    return project
 
 
 def streamed(daemon: RunningDaemon, api: str, job_id: str) -> list:
@@ -96,13 +61,14 @@ def worker_lines(daemon: RunningDaemon, api: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
-    yield from serve(PROJECT, tmp_path_factory.mktemp("runpod_sdk"))
+    tmp = tmp_path_factory.mktemp("sdk")
+    yield from serve(sdk_project(tmp), tmp / "daemon")
 
 
 def test_the_worker_is_the_file_itself_in_its_own_process_group(daemon: RunningDaemon) -> None:
     pid = worker_pid(daemon, "sync")
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    assert [part.decode() for part in cmdline] == [sys.executable, "-u", str(PROJECT / "sync.py")]
+    assert [part.decode() for part in cmdline] == [sys.executable, "-u", str(daemon.project / "sync.py")]
     assert os.getpgid(pid) == pid
     assert "--- Starting Serverless Worker |  Version 1.12.0 ---" in worker_lines(daemon, "sync")
 
