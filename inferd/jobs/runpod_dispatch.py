@@ -31,6 +31,9 @@ from inferd.worker.stream import StreamCall
 
 log = get_logger()
 IDLE_POLL = 1.0  # a missed wake-up costs at most this long
+# asyncio may fire a timer up to its clock resolution early, and executionTime is whole ms of the
+# store's (wall) clock: without this a TIMED_OUT job could report 4999 ms of a 5000 ms timeout
+TIMER_SLACK = 0.005
 SWEEP_INTERVAL = 60.0  # seconds between deletions of this API's jobs past their retention or ttl
 ASYNC_KINDS = ("async", "async_generator", "sdk")  # jobs cancelled in place (sdk: the SDK's job-stop)
 SERIAL_KINDS = ("sync", "generator")        # handlers a worker runs one at a time
@@ -271,7 +274,7 @@ class RunPodDispatcher:
             return
         running = self.running[job.id] = RunningJob(job, worker, stream, release)
         try:
-            result = await asyncio.wait_for(self._follow(running), job.execution_timeout_ms / 1000)
+            result = await asyncio.wait_for(self._follow(running), job.execution_timeout_ms / 1000 + TIMER_SLACK)
         except TimeoutError:
             await self._timed_out(running)
             return
