@@ -117,7 +117,8 @@ class FinishedJobs:
         waiter: asyncio.Future[RunPodJob] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(waiter)
         try:
-            return await asyncio.wait_for(waiter, timeout)
+            async with asyncio.timeout(timeout):
+                return await waiter
         except TimeoutError:
             return None
         finally:
@@ -140,8 +141,6 @@ class Dispatcher(Protocol):
 
     def health_workers(self) -> dict[str, int]: ...
 
-    def forget_reserved(self) -> None: ...
-
 
 class NoDispatcher:
     """Until the first pool's dispatcher is switched in."""
@@ -154,9 +153,6 @@ class NoDispatcher:
 
     def health_workers(self) -> dict[str, int]:
         return {}
-
-    def forget_reserved(self) -> None:
-        pass
 
 
 class RunPodEndpoint:
@@ -243,7 +239,7 @@ class RunPodEndpoint:
 
     async def _runsync(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
         try:
-            wait_ms = sync_wait_ms(QueryParams(scope["query_string"]))
+            wait_ms = sync_wait_ms(QueryParams(scope["query_string"])) if scope["query_string"] else SYNC_WAIT_MS
         except JobRequestError as exc:
             await send_error(send, 400, self.api, str(exc))
             return 400
@@ -321,7 +317,6 @@ class RunPodEndpoint:
 
     async def _purge(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
         removed = await self.jobs.purge(self.api)
-        self.dispatcher.forget_reserved()
         await send_json(send, 200, {"removed": removed, "status": "completed"})
         return 200
 

@@ -6,6 +6,12 @@ per job and writes what comes back into the store: stream items, progress, then 
 SDK would have posted. A job whose worker dies goes back to the queue once; the store fails it
 on its second interruption.
 
+While a sync handler's jobs are short, its worker is handed a few jobs more than it runs at
+once (``PIPELINE``); it runs them one after another, in the order sent, so it never sits idle
+waiting for the daemon to see one result and send the next job. Such a job is IN_PROGRESS from
+the moment it is handed over, but its execution timeout counts from the moment the job before
+it ended; if its worker goes away before it began, it goes back to the queue uncounted.
+
 Stopping a running job (``/cancel``, ``policy.executionTimeout``) cancels its task in the worker
 when the handler is async; a sync handler cannot be interrupted, so its worker is replaced.
 So is a worker whose result says ``stopPod`` (``refresh_worker``).
@@ -37,12 +43,8 @@ TIMER_SLACK = 0.005
 SWEEP_INTERVAL = 60.0  # seconds between deletions of this API's jobs past their retention or ttl
 ASYNC_KINDS = ("async", "async_generator", "sdk")  # jobs cancelled in place (sdk: the SDK's job-stop)
 SERIAL_KINDS = ("sync", "generator")        # handlers a worker runs one at a time
-# While a handler's jobs are short, a consumer that takes work off the queue takes a few more
-# than its worker can start (one write for all of them), kept in the dispatcher for whichever
-# worker frees first: taking the next job no longer waits for a commit after each one. They stay
-# IN_QUEUE to clients until they start; a cancel or purge drops them here; a stop puts them back.
-PREFETCH = 8
-PREFETCH_BELOW = 0.05  # seconds: the handler's recent mean time under which consumers take extra
+PIPELINE = 8            # jobs handed to a serial worker beyond the one it runs
+PIPELINE_BELOW = 0.05   # seconds: the handler's recent mean time under which its workers get them
 JOB_METHOD = "runpod.job"
 
 JobFinished = Callable[[RunPodJob], None]
@@ -54,7 +56,14 @@ class RunningJob:
     worker: WorkerBackend
     stream: StreamCall
     release: Callable[[], None]     # frees its seat on the worker (once; again is a no-op)
+    deadline: asyncio.Timeout       # its execution timeout, armed once it began
+    began: bool = False             # the worker is running it (not waiting behind another job)
     stop_reason: str | None = None  # set when inferd stopped it (cancel, timeout): its result is not used
+
+    def begin(self) -> None:
+        self.began = True
+        self.deadline.reschedule(asyncio.get_running_loop().time() + self.job.execution_timeout_ms / 1000
+                                 + TIMER_SLACK)
 
 
 class Seats:
@@ -64,6 +73,7 @@ class Seats:
     def __init__(self) -> None:
         self.taken = 0
         self._changed = asyncio.Event()
+        self.in_order: deque[RunningJob] = deque()  # a serial worker's jobs, in the order it runs them
 
     def take(self) -> Callable[[], None]:
         self.taken += 1
@@ -116,8 +126,7 @@ class RunPodDispatcher:
         self._wakeup = asyncio.Event()
         self._consumers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reserved: deque[RunPodJob] = deque()  # taken off the queue, not started yet
-        self._pace = PREFETCH_BELOW  # moving mean of the handler's seconds per job
+        self._pace = PIPELINE_BELOW  # moving mean of the handler's seconds per job
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -133,7 +142,6 @@ class RunPodDispatcher:
         and go back to the queue at the next start (``recover``)."""
         self.stopping = True
         self._wakeup.set()
-        await self._unreserve_all()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         for task in self._consumers:
@@ -155,16 +163,12 @@ class RunPodDispatcher:
 
     def stop_job(self, job_id: str, reason: str) -> bool:
         """Stop a running job (already marked final in the store); False when it is not running here."""
-        for job in self._reserved:
-            if job.id == job_id:  # not started: nothing runs it yet
-                self._reserved.remove(job)
-                return True
         running = self.running.get(job_id)
         if running is None:
             return False
         running.stop_reason = reason
-        if running.worker.info.get("handler_kind") in ASYNC_KINDS:
-            running.stream.cancel()
+        if running.worker.info.get("handler_kind") in ASYNC_KINDS or not running.began:
+            running.stream.cancel()  # a job waiting behind another is dropped when its turn comes
         else:
             self.pool.retire(running.worker, f"job {job_id}: {reason}", drain=None)
         return True
@@ -181,18 +185,6 @@ class RunPodDispatcher:
             else:
                 counts["unhealthy"] += 1
         return counts
-
-    def forget_reserved(self) -> None:
-        """The queue was purged, the jobs held here with it."""
-        self._reserved.clear()
-
-    async def _unreserve_all(self) -> None:
-        while self._reserved:
-            job = self._reserved.popleft()
-            try:
-                await self.jobs.unreserve(job.id)
-            except Exception as exc:  # noqa: BLE001 - recover() at the next start puts it back anyway
-                log.warning("runpod_unreserve_failed", api=self.api, request_id=job.id, error=str(exc))
 
     # -- the consumer per worker -----------------------------------------------------------------
 
@@ -217,28 +209,31 @@ class RunPodDispatcher:
         mine: set[asyncio.Task[None]] = set()
         taker = worker_id(worker)
         while not self.stopping and worker.state == "ready":
-            room = max(1, int(worker.info.get("concurrency", 1))) - seats.taken
+            room = self._room(worker, seats)
             if room <= 0:
                 await seats.changed()
                 continue
-            batch = [self._reserved.popleft() for _ in range(min(room, len(self._reserved)))]
-            if not batch:
-                self._wakeup.clear()
-                short = self._pace < PREFETCH_BELOW and worker.info.get("handler_kind") in SERIAL_KINDS
-                taken = await self.jobs.reserve(self.api, taker, room + (PREFETCH if short else 0))
-                if not taken:
-                    await self._idle(seats)
-                    continue
-                batch = taken[:room]
-                self._reserved.extend(taken[room:])
-            for job in batch:
-                self._keep(asyncio.get_running_loop().create_task(self.jobs.start(job.id, taker)))
-                task = asyncio.get_running_loop().create_task(self._run(worker, job, seats.take()))
+            self._wakeup.clear()
+            taken = await self.jobs.claim_many(self.api, taker, room)
+            if not taken:
+                await self._idle(seats)
+                continue
+            for job in taken:
+                task = asyncio.get_running_loop().create_task(self._run(worker, job, seats.take(), seats.in_order))
                 mine.add(task)
                 task.add_done_callback(mine.discard)
                 self._keep(task)
         if mine:  # a replaced worker's jobs end (requeued or final) before its slot takes more
             await asyncio.wait(mine)
+
+    def _room(self, worker: WorkerBackend, seats: Seats) -> int:
+        """Jobs to claim for ``worker`` now; while it has jobs waiting in its pipeline, only once
+        half the pipeline is free, so one claim serves several jobs."""
+        concurrency = max(1, int(worker.info.get("concurrency", 1)))
+        if self._pace >= PIPELINE_BELOW or worker.info.get("handler_kind") not in SERIAL_KINDS:
+            return concurrency - seats.taken
+        room = concurrency + PIPELINE - seats.taken
+        return room if seats.taken <= concurrency or room >= PIPELINE // 2 else 0
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
@@ -260,32 +255,55 @@ class RunPodDispatcher:
 
     # -- one job ---------------------------------------------------------------------------------
 
-    async def _run(self, worker: WorkerBackend, job: RunPodJob, release: Callable[[], None]) -> None:
+    async def _run(self, worker: WorkerBackend, job: RunPodJob, release: Callable[[], None],
+                   in_order: deque[RunningJob]) -> None:
         try:
-            await self._run_on(worker, job, release)
+            await self._run_on(worker, job, release, in_order)
         finally:
             release()
 
-    async def _run_on(self, worker: WorkerBackend, job: RunPodJob, release: Callable[[], None]) -> None:
+    async def _run_on(self, worker: WorkerBackend, job: RunPodJob, release: Callable[[], None],
+                      in_order: deque[RunningJob]) -> None:
         try:
             stream = self.pool.open_stream_on(worker, protocol.Open(0, job.id, JOB_METHOD, body=job_message(job)))
         except WorkerDied as exc:
-            await self._interrupted(job, str(exc))
+            await self._interrupted(job, str(exc), began=False)
             return
-        running = self.running[job.id] = RunningJob(job, worker, stream, release)
+        serial = worker.info.get("handler_kind") in SERIAL_KINDS
+        running = self.running[job.id] = RunningJob(job, worker, stream, release, asyncio.timeout(None))
+        if serial:
+            in_order.append(running)
+        result = None
         try:
-            result = await asyncio.wait_for(self._follow(running), job.execution_timeout_ms / 1000 + TIMER_SLACK)
+            async with running.deadline:  # every job in in_order is inside its deadline's block
+                try:
+                    if not serial or in_order[0] is running:
+                        running.begin()
+                    result = await self._follow(running)
+                finally:
+                    self.running.pop(job.id, None)
+                    if serial:  # the worker answered (a result, or a cancelled job dropped): it goes on
+                        answered = result is not None or (stream.end is not None and stream.end.code == protocol.OK)
+                        self._next_in_order(running, in_order, answered)
         except TimeoutError:
             await self._timed_out(running)
             return
-        finally:
-            self.running.pop(job.id, None)
         if running.stop_reason is not None:
             return  # cancelled: the store already says so, and nothing the worker sent counts
         if result is None:
-            await self._interrupted(job, (stream.end.details if stream.end else "") or "the worker ended the job")
+            reason = (stream.end.details if stream.end else "") or "the worker ended the job"
+            await self._interrupted(job, reason, running.began)
             return
         await self._finish(running, result)
+
+    @staticmethod
+    def _next_in_order(running: RunningJob, in_order: deque[RunningJob], ended: bool) -> None:
+        """``running`` left its serial worker's line; when it was at the head and ended there (not
+        cut off with its worker), the worker has begun the next job."""
+        head = bool(in_order) and in_order[0] is running
+        in_order.remove(running)
+        if head and ended and in_order:
+            in_order[0].begin()
 
     async def _follow(self, running: RunningJob) -> dict[str, Any] | None:
         """Stream items and progress into the store until the worker's result (None: none came)."""
@@ -333,9 +351,13 @@ class RunPodDispatcher:
         self.metrics.runpod_execution.labels(self.api).observe(job.execution_ms / 1000)
         self.on_finished(job)
 
-    async def _interrupted(self, job: RunPodJob, reason: str) -> None:
+    async def _interrupted(self, job: RunPodJob, reason: str, began: bool) -> None:
         current = await self.jobs.get(job.id)
         if current is None or current.status != IN_PROGRESS:
+            return
+        if not began and await self.jobs.put_back(job.id):
+            log.info("runpod_job_put_back", api=self.api, request_id=job.id, error=reason)
+            self.notify()
             return
         status = await self.jobs.requeue(job.id, f"the worker running it stopped: {reason}")
         log.warning("runpod_job_interrupted", api=self.api, request_id=job.id, error=reason, status=status)

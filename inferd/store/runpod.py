@@ -86,10 +86,9 @@ class RunPodJob:
 
     def to_status_json(self) -> dict[str, Any]:
         """RunPod's job object (spec §4.3), as /status answers it."""
-        reserved = self.status == IN_PROGRESS and self.started_at is None  # taken, not running yet
         body: dict[str, Any] = {
             "id": self.id,
-            "status": IN_QUEUE if reserved else self.status,
+            "status": self.status,
             "delayTime": self.delay_ms,
             "executionTime": self.execution_ms,
         }
@@ -97,7 +96,7 @@ class RunPodJob:
             body["output"] = json.loads(self.output)
         if self.error is not None:
             body["error"] = self.error
-        if self.worker_id is not None and not reserved:
+        if self.worker_id is not None:
             body["workerId"] = self.worker_id
         return body
 
@@ -136,26 +135,20 @@ INSERT = (
 BY_ID = f"SELECT {COLUMNS} FROM runpod_jobs WHERE id = :id AND {_LIVE}"
 BY_ID_AND_API = f"{BY_ID} AND api = :api"
 STATUS_OF = f"SELECT status FROM runpod_jobs WHERE id = :id AND {_LIVE}"
-# Pick and move in one statement: no window in which two claims could take the same job.
+# Pick and move up to :n in one statement: no window in which two claims could take the same job.
 CLAIM = (
     f"UPDATE runpod_jobs SET status = '{IN_PROGRESS}', attempts = attempts + 1, started_at = :now,"
     " worker_id = :worker_id, output = NULL"
-    " WHERE seq = (SELECT seq FROM runpod_jobs"
-    f" WHERE api = :api AND status = '{IN_QUEUE}' AND {_BEFORE_TTL} ORDER BY seq LIMIT 1)"
-    f" RETURNING {COLUMNS}"
-)
-# Reserved: taken off the queue by a dispatcher (up to :n in one write) but not started yet: still
-# "IN_QUEUE" to clients (started_at is NULL); START marks the moment it goes to a worker.
-RESERVE = (
-    f"UPDATE runpod_jobs SET status = '{IN_PROGRESS}', worker_id = :worker_id, output = NULL"
     " WHERE seq IN (SELECT seq FROM runpod_jobs"
     f" WHERE api = :api AND status = '{IN_QUEUE}' AND {_BEFORE_TTL} ORDER BY seq LIMIT :n)"
     f" RETURNING {COLUMNS}"
 )
-_RESERVED = f"status = '{IN_PROGRESS}' AND started_at IS NULL"
-START = (f"UPDATE runpod_jobs SET started_at = :now, attempts = attempts + 1, worker_id = :worker_id"
-         f" WHERE id = :id AND {_RESERVED}")
-UNRESERVE = f"UPDATE runpod_jobs SET status = '{IN_QUEUE}', worker_id = NULL WHERE id = :id AND {_RESERVED}"
+# A claimed job its worker never started (the worker went away while the job waited behind
+# another): back to the queue as it was, the attempt not counted.
+PUT_BACK = (
+    f"UPDATE runpod_jobs SET status = '{IN_QUEUE}', attempts = max(attempts - 1, 0), started_at = NULL,"
+    f" worker_id = NULL WHERE id = :id AND status = '{IN_PROGRESS}' AND {_BEFORE_TTL}"
+)
 _RUNNING = f"id = :id AND status = '{IN_PROGRESS}' AND {_LIVE}"
 SET_PROGRESS = f"UPDATE runpod_jobs SET output = :output WHERE {_RUNNING}"
 APPEND_STREAM = (
@@ -182,10 +175,9 @@ RETRY = (
 DROP_STREAM = "DELETE FROM runpod_stream WHERE job_id = :id"
 TAKE_STREAM = "DELETE FROM runpod_stream WHERE job_id = :id RETURNING seq, chunk"
 PURGE_STREAM = (
-    "DELETE FROM runpod_stream WHERE job_id IN"
-    f" (SELECT id FROM runpod_jobs WHERE api = :api AND (status = '{IN_QUEUE}' OR {_RESERVED}))"
+    f"DELETE FROM runpod_stream WHERE job_id IN (SELECT id FROM runpod_jobs WHERE api = :api AND status = '{IN_QUEUE}')"
 )
-PURGE = f"DELETE FROM runpod_jobs WHERE api = :api AND (status = '{IN_QUEUE}' OR {_RESERVED}) RETURNING {_BEFORE_TTL}"
+PURGE = f"DELETE FROM runpod_jobs WHERE api = :api AND status = '{IN_QUEUE}' RETURNING {_BEFORE_TTL}"
 # Requeue or give up, per row, in one statement; RETURNING tells which happened to each.
 # :reason NULL (recover) -> GIVE_UP with the row's attempts.
 _GIVE_UP = "attempts >= :max_attempts"
@@ -201,11 +193,8 @@ _REQUEUE = (
 REQUEUE_ONE = f"{_REQUEUE} AND id = :id RETURNING status"
 RECOVER_ALL = f"{_REQUEUE} RETURNING status"
 RECOVER_API = f"{_REQUEUE} AND api = :api RETURNING status"
-COUNTS = (f"SELECT CASE WHEN {_RESERVED} THEN '{IN_QUEUE}' ELSE status END AS shown, count(*), sum(retried)"
-          f" FROM runpod_jobs WHERE api = :api AND {_LIVE} GROUP BY shown")
-# two counts, so each walks the (api, status) index instead of every row of the API
-QUEUE_LENGTH = (f"SELECT (SELECT count(*) FROM runpod_jobs WHERE api = :api AND status = '{IN_QUEUE}' AND {_BEFORE_TTL})"
-                f" + (SELECT count(*) FROM runpod_jobs WHERE api = :api AND {_RESERVED} AND {_BEFORE_TTL})")
+COUNTS = f"SELECT status, count(*), sum(retried) FROM runpod_jobs WHERE api = :api AND {_LIVE} GROUP BY status"
+QUEUE_LENGTH = f"SELECT count(*) FROM runpod_jobs WHERE api = :api AND status = '{IN_QUEUE}' AND {_BEFORE_TTL}"
 SWEEP = f"DELETE FROM runpod_jobs WHERE seq IN (SELECT seq FROM runpod_jobs WHERE {_GONE} LIMIT {SWEEP_BATCH}) RETURNING id"
 # one API's: each RunPodAPI sets its own retention, so each sweeps only its own jobs
 SWEEP_API = (f"DELETE FROM runpod_jobs WHERE seq IN (SELECT seq FROM runpod_jobs WHERE api = :api AND {_GONE} "
@@ -305,26 +294,21 @@ class RunPodJobStore:
 
     async def claim(self, api: str, worker_id: str) -> RunPodJob | None:
         """The oldest IN_QUEUE job of ``api`` within its ttl, now IN_PROGRESS on ``worker_id``."""
-        return await self._write_job(_first, CLAIM, api=api, worker_id=worker_id)
+        jobs = await self.claim_many(api, worker_id, 1)
+        return jobs[0] if jobs else None
 
-    async def reserve(self, api: str, worker_id: str, n: int) -> list[RunPodJob]:
-        """Up to ``n`` of the oldest IN_QUEUE jobs of ``api``, in submission order, taken off the
-        queue for this dispatcher but not started: clients still see them IN_QUEUE, ``start``
-        marks each as it goes to a worker, ``unreserve`` puts one back."""
+    async def claim_many(self, api: str, worker_id: str, n: int) -> list[RunPodJob]:
+        """Up to ``n`` of the oldest IN_QUEUE jobs of ``api`` within their ttl, in submission
+        order, now IN_PROGRESS on ``worker_id`` (one write for all of them)."""
         moments = self._moments()
-        rows = await self._jobs.write(Raw(_all, RESERVE, {**moments, "api": api, "worker_id": worker_id, "n": n}))
+        rows = await self._jobs.write(Raw(_all, CLAIM, {**moments, "api": api, "worker_id": worker_id, "n": n}))
         jobs = [RunPodJob.from_row(row, moments["now"]) for row in rows]
         return sorted(jobs, key=lambda job: job.created_at)
 
-    async def start(self, job_id: str, worker_id: str) -> bool:
-        """A reserved job goes to ``worker_id`` now: IN_PROGRESS for clients, one attempt more."""
-        changed: bool = await self._jobs.write(Raw(_changed, START, {**self._moments(), "id": job_id,
-                                                                        "worker_id": worker_id}))
-        return changed
-
-    async def unreserve(self, job_id: str) -> bool:
-        """A reserved job back to the queue, untouched (its dispatcher is stopping)."""
-        changed: bool = await self._jobs.write(Raw(_changed, UNRESERVE, {**self._moments(), "id": job_id}))
+    async def put_back(self, job_id: str) -> bool:
+        """A claimed job that never started (its worker went away first) back to the queue, its
+        attempt not counted; False unless it was IN_PROGRESS."""
+        changed: bool = await self._jobs.write(Raw(_changed, PUT_BACK, {**self._moments(), "id": job_id}))
         return changed
 
     async def set_progress(self, job_id: str, output: bytes) -> bool:

@@ -560,19 +560,24 @@ def test_cancel_a_running_sync_job_replaces_the_worker(daemon: RunningDaemon) ->
     assert status(daemon, "sync", running) == stopped
 
 
-def test_a_job_behind_a_running_sync_job_is_queued_and_cancels_alone(daemon: RunningDaemon) -> None:
-    for n in range(3):  # a few quick jobs, as most traffic is
+def test_a_job_handed_to_a_busy_sync_worker_cancels_alone(daemon: RunningDaemon, tmp_path: Path) -> None:
+    for n in range(20):  # quick jobs, as most traffic is: the worker is then handed jobs ahead
         assert runsync(daemon, "sync", {"return": n})["output"] == n
     pid = worker_pid(daemon, "sync")
-    running = run(daemon, "sync", {"sleep": 2})
-    wait_status(daemon, "sync", running, until=("IN_PROGRESS",))
-    queued = run(daemon, "sync", {"never": "runs"})
-    waiting = status(daemon, "sync", queued)
-    assert waiting == {"id": queued, "status": "IN_QUEUE", "delayTime": waiting["delayTime"], "executionTime": 0}
-    assert daemon.client.post(f"/v2/sync/cancel/{queued}").json() == {"id": queued, "status": "CANCELLED"}
-    done = wait_status(daemon, "sync", running)
-    assert (done["status"], done["workerId"]) == ("COMPLETED", worker_id(pid))  # the running job was not touched
-    assert status(daemon, "sync", queued)["status"] == "CANCELLED" and "workerId" not in status(daemon, "sync", queued)
+    release = tmp_path / "release"
+    running = run(daemon, "sync", {"wait_file": str(release)})
+    behind = run(daemon, "sync", {"after": "the running one"})
+    handed = run(daemon, "sync", {"never": "runs"})
+    for job_id in (running, behind, handed):  # all three are on the worker, two waiting their turn
+        assert wait_status(daemon, "sync", job_id, until=("IN_PROGRESS",))["workerId"] == worker_id(pid)
+    assert daemon.client.post(f"/v2/sync/cancel/{handed}").json() == {"id": handed, "status": "CANCELLED"}
+    release.touch()
+    done = [wait_status(daemon, "sync", job_id) for job_id in (running, behind)]
+    # the worker dropped the cancelled job when its turn came: nothing was replaced
+    assert [(d["status"], d["workerId"]) for d in done] == [("COMPLETED", worker_id(pid))] * 2
+    assert done[1]["output"]["input"] == {"after": "the running one"}
+    assert status(daemon, "sync", handed)["status"] == "CANCELLED" and "output" not in status(daemon, "sync", handed)
+    assert worker_pid(daemon, "sync") == pid and pid_alive(pid)
 
 
 def test_execution_timeout_then_retry(daemon: RunningDaemon) -> None:

@@ -231,7 +231,28 @@ class JobThread:
         self.thread.start()
 
     async def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
+        """``coroutine``'s outcome, run on the job thread's loop. Two hops, one each way (not
+        run_coroutine_threadsafe's concurrent future and the callbacks chaining it to ours);
+        stopping a running job is RunningJob.cancel's part, on the job thread's loop."""
+        caller = asyncio.get_running_loop()
+        outcome: asyncio.Future[T] = caller.create_future()
+
+        def settle(task: asyncio.Task[T]) -> None:
+            if outcome.done():
+                return
+            if task.cancelled():
+                outcome.cancel()
+            elif task.exception() is not None:
+                outcome.set_exception(task.exception())  # type: ignore[arg-type]
+            else:
+                outcome.set_result(task.result())
+
+        def start() -> None:
+            task = self.loop.create_task(coroutine)
+            task.add_done_callback(lambda done: caller.call_soon_threadsafe(settle, done))
+
+        self.loop.call_soon_threadsafe(start)
+        return await outcome
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

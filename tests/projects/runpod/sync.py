@@ -15,6 +15,10 @@ def handler(job):
     if job_input.get("not_json"):
         return {"value": object()}
     time.sleep(job_input.get("sleep", 0))
+    if "wait_file" in job_input:  # holds the worker until the test creates the file
+        deadline = time.monotonic() + 30
+        while not os.path.exists(job_input["wait_file"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
     return {
         "id": job["id"],
         "keys": sorted(job),
