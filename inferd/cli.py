@@ -49,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
             command.add_argument("--tail", type=int, default=100, help="recent lines first (default 100)")
 
+    jobs = commands.add_parser("jobs", help="list a BatchAPI's or TaskAPI's recent jobs, or show one job in detail")
+    jobs.add_argument("api")
+    jobs.add_argument("job_id", nargs="?", default="", help="one job in detail (its error and traceback included)")
+    jobs.add_argument("--limit", type=int, default=20, help="how many recent jobs (default 20)")
+    jobs.add_argument("--json", action="store_true", help="machine-readable output (GET /<endpoint>'s shapes)")
+    for option, dest in (("--socket", "socket"), ("--config", "config"), ("--state-dir", "state_dir")):
+        jobs.add_argument(option, dest=dest, type=Path, help="as for inferd status")
+
     test = commands.add_parser("test", help="run a RunPod worker's .runpod/tests.json or test_input.json; "
                                             "exit 1 if any test fails")
     test.add_argument("directory", nargs="?", type=Path, default=Path("."), help="project directory (default: .)")
@@ -139,6 +147,8 @@ def _control(args: argparse.Namespace) -> int:
             else:
                 print(status_detail(reply) if args.api else status_table(reply))
             return 0
+        if args.command == "jobs":
+            return _jobs(client, args)
         if args.command == "reload":
             reply = client.reload()
             print(("reloaded: " if reply.ok else "reload failed: ") + reply.summary,
@@ -156,6 +166,17 @@ def _control(args: argparse.Namespace) -> int:
         return 3
     except KeyboardInterrupt:
         return 0
+
+
+def _jobs(client: ControlClient, args: argparse.Namespace) -> int:
+    from inferd.control.jobs_view import job_detail, jobs_table
+
+    report = client.jobs(args.api, args.job_id, args.limit)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(job_detail(report["job"]) if args.job_id else jobs_table(report["jobs"]))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,7 +150,8 @@ class Daemon:
         return self.deployment.describe() if self.deployment else []
 
     def kind_context(self) -> KindContext:
-        return KindContext(self.settings, self.metrics, self.store, proto_cache_dir(self.settings))
+        return KindContext(self.settings, self.metrics, self.store, proto_cache_dir(self.settings),
+                           on_log=self.logbook.add)
 
     def load(self) -> tuple[ProjectSpec, dict[str, CompiledProto]]:
         """cortex.yaml and the protos it names; SpecError lists every problem."""
@@ -205,7 +206,7 @@ class Daemon:
     async def _start_control(self) -> None:
         schema = load_schema(proto_cache_dir(self.settings))
         target = DaemonControl(self.describe_apis, self._api_status, self.metrics, self.logbook, self.request_reload,
-                               self.settings.project, self._daemon_meta)
+                               self.settings.project, self._daemon_meta, self._api_jobs)
         self.control = ControlServer(self.settings.control_socket, schema, target)
         await self.control.start()
 
@@ -255,6 +256,16 @@ class Daemon:
 
     async def _api_status(self, name: str) -> dict[str, Any]:
         return await self.deployment.status(name) if self.deployment is not None else {}
+
+    async def _api_jobs(self, name: str, job_id: str, limit: int) -> dict[str, Any]:
+        """For ``inferd jobs``: the API's kind reports them; LookupError for what is unknown."""
+        runtime = self.deployment.runtime(name) if self.deployment is not None else None
+        if runtime is None or runtime.kind is None:
+            raise LookupError(f"no api named {name!r}")
+        report = await runtime.kind.jobs(runtime, job_id, limit)
+        if report is None:
+            raise LookupError(f"api {name} has no job {job_id}")
+        return report
 
     def _daemon_meta(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "uptime": time.time() - self.started_at,

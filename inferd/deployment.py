@@ -12,6 +12,7 @@ operator sees them in ``/-/apis`` and ``/-/ready`` instead of the daemon refusin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -36,13 +37,14 @@ class Deployment:
     def __init__(self, context: KindContext, environ: Mapping[str, str],
                  on_change: Callable[[], None] = lambda: None,
                  on_log: Callable[[str, str], None] = lambda api, line: None) -> None:
-        self.context = context
+        self.context = dataclasses.replace(context, peers=self)
         self.settings = context.settings
         self.environ = environ
         self.on_change = on_change
         self.on_log = on_log
         self.apis: dict[str, ApiRuntime] = {}
         self.fronts: dict[str, Front] = {}
+        self.tables: dict[str, RouteTable] = {}  # each API's own routes, for the kinds that forward to it
 
     # -- building ----------------------------------------------------------------------------
 
@@ -50,7 +52,8 @@ class Deployment:
               digests: Mapping[str, str], names: Iterable[str]) -> dict[str, ApiRuntime]:
         """Runtimes (pools not started) for the named APIs of ``project``."""
         wanted = set(names)
-        servable = [api for api in project.apis if unsupported_reason(api) is None and api.name in wanted]
+        servable = [api for api in project.apis if unsupported_reason(api) is None and api.name in wanted
+                    and has_workers(api.kind)]
         notes = {}
         requests = []
         for api in servable:
@@ -75,7 +78,8 @@ class Deployment:
             runtime = ApiRuntime(api, digests[api.name], kind, None, compiled=protos.get(api.name))
             if api.name in notes:
                 runtime.extra["gpu_note"] = notes[api.name]
-            runtime.pool = WorkerPool(self._pool_config(project, runtime, kind, plan.devices[api.name]))
+            if kind.has_workers:
+                runtime.pool = WorkerPool(self._pool_config(project, runtime, kind, plan.devices[api.name]))
             built[api.name] = runtime
         return built
 
@@ -169,11 +173,23 @@ class Deployment:
                 yield runtime, runtime.kind, front
 
     def routes(self) -> RouteTable:
-        """The HTTP routing table, from every served API's kind."""
+        """The HTTP routing table, from every served API's kind; each API's own part is kept
+        too (``own_routes``), so a splitter forwards by the same table the daemon serves."""
         routes: list[BaseRoute] = []
+        tables = {}
         for runtime, kind, front in self._fronted():
-            routes.extend(kind.routes(runtime, front))
-        return RouteTable(routes)
+            own = kind.routes(runtime, front)
+            tables[runtime.name] = RouteTable(own)
+            routes.extend(own)
+        table = RouteTable(routes)  # raises on a clash before anything is swapped
+        self.tables = tables
+        return table
+
+    def runtime(self, name: str) -> ApiRuntime | None:
+        return self.apis.get(name)
+
+    def own_routes(self, name: str) -> RouteTable | None:
+        return self.tables.get(name)
 
     def rpc_routes(self) -> dict[str, grpc.RpcMethodHandler]:
         """The gRPC routing table: method path -> handler, for every gRPC API with a pool."""
@@ -186,8 +202,7 @@ class Deployment:
         return {name: rt.compiled for name, rt in self.apis.items() if rt.compiled is not None and rt.pool is not None}
 
     def readiness(self) -> dict[str, bool]:
-        return {name: runtime.pool is not None and runtime.pool.state == "ready"
-                for name, runtime in self.apis.items()}
+        return {name: is_ready(runtime) for name, runtime in self.apis.items()}
 
     def pools(self) -> list[WorkerPool]:
         return [rt.pool for rt in self.apis.values() if rt.pool is not None]
@@ -209,4 +224,16 @@ class Deployment:
 
     def set_context(self, context: KindContext) -> None:
         """A reload opened the job store (the first API that needs one arrived)."""
-        self.context = context
+        self.context = dataclasses.replace(context, peers=self)
+
+
+def has_workers(kind_name: str) -> bool:
+    kind = get_kind(kind_name)
+    return kind is not None and kind.has_workers
+
+
+def is_ready(runtime: ApiRuntime) -> bool:
+    if runtime.pool is not None:
+        return runtime.pool.state == "ready"
+    # a kind without workers (a splitter) is ready when what it forwards to is; its describe says
+    return runtime.workerless and runtime.describe()["state"] == "ready"

@@ -45,6 +45,12 @@ class Metrics:
                                             ["api"], registry=self.registry)
         self.runpod_execution = Histogram("inferd_runpod_execution_seconds", "RunPodAPI jobs: time running (executionTime)",
                                           ["api"], registry=self.registry)
+        self.batch_jobs = Gauge("inferd_batch_jobs", "BatchAPI and TaskAPI jobs in the store, by status",
+                                ["api", "status"], registry=self.registry)
+        self.batches = Counter("inferd_batches", "BatchAPI batches run, by outcome (succeeded, failed, retried)",
+                               ["api", "outcome"], registry=self.registry)
+        self.batch_duration = Histogram("inferd_batch_duration_seconds", "BatchAPI: time in handle_batch per batch",
+                                        ["api"], registry=self.registry)
         self.gpu_utilization = Gauge("inferd_gpu_utilization_ratio", "GPU busy fraction (NVML)", ["gpu"],
                                      registry=self.registry)
         self.gpu_memory_used = Gauge("inferd_gpu_memory_used_bytes", "GPU memory in use (NVML)", ["gpu"],

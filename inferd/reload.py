@@ -146,5 +146,7 @@ async def apply_reload(deployment: Deployment, project: ProjectSpec, protos: Map
 
 async def _readiness(runtime: ApiRuntime, timeout: float) -> str | None:
     if runtime.pool is None:
+        if runtime.workerless:
+            return None  # nothing to start (a splitter): installing it switches its front at once
         return runtime.error or "the API cannot start"
     return await runtime.pool.wait_all_ready(timeout)

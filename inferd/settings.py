@@ -42,6 +42,7 @@ class Settings:
     async_retention_days: float = 7.0      # AsyncAPI jobs and results are deleted after this
     async_max_queue_length: int = 10000    # per AsyncAPI; beyond it submissions get 503
     async_sweep_interval: float = 3600.0   # seconds between retention sweeps
+    max_job_workers: int = 64              # workers one BatchAPI job may ask for; beyond it the submission gets 400
 
     def resolved(self) -> Settings:
         state_dir = self.state_dir.expanduser().resolve()
@@ -127,6 +128,8 @@ def _check(settings: Settings) -> Settings:
         raise SettingsError("async_retention_days and async_sweep_interval must be > 0")
     if settings.async_max_queue_length < 1:
         raise SettingsError(f"async_max_queue_length: must be >= 1, got {settings.async_max_queue_length}")
+    if settings.max_job_workers < 1:
+        raise SettingsError(f"max_job_workers: must be >= 1, got {settings.max_job_workers}")
     if settings.log_format not in ("auto", "json", "console"):
         raise SettingsError(f"log_format: must be auto, json or console, got {settings.log_format!r}")
     return settings

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from inferd.control.jobs_view import progress_lines, status_progress
 from inferd.control.schema import SERVICE, ControlSchema, load_schema
 
 
@@ -51,6 +52,14 @@ class ControlClient:
     def reload(self) -> Any:
         return self._call("Reload", self.schema.request_class("Reload")())
 
+    def jobs(self, api: str, job_id: str = "", limit: int = 20) -> dict[str, Any]:
+        """``{"jobs": [...]}`` or ``{"job": {...}}``; NoSuchApi for an unknown API or job."""
+        reply = self._call("Jobs", self.schema.request_class("Jobs")(api=api, job_id=job_id, limit=limit))
+        report: dict[str, Any] = json.loads(reply.json)
+        if "error" in report:
+            raise NoSuchApi(report["error"])
+        return report
+
     def logs(self, api: str, follow: bool, tail: int) -> Iterator[str]:
         try:
             for line in self._call("Logs", self.schema.request_class("Logs")(api=api, follow=follow, tail=tail), True):
@@ -75,7 +84,7 @@ def status_table(reply: Any) -> str:
              for row in (COLUMNS, *rows)]
     footer = (f"\ninferd pid {reply.pid}, up {reply.uptime_seconds:.0f}s, project {reply.project}"
               f"\nlast reload: {reply.last_reload}")
-    return "\n".join(lines) + footer
+    return "\n".join(lines) + status_progress([json.loads(a.detail_json) for a in reply.apis]) + footer
 
 
 def status_detail(reply: Any) -> str:
@@ -88,6 +97,10 @@ def status_detail(reply: Any) -> str:
         lines.append(f"queue length {api.queue_length}")
     if "running_jobs" in detail:  # kinds that run queued jobs say how many are running
         lines.append(f"running jobs {detail['running_jobs']}")
+    for member in detail.get("apis", []):  # a TrafficSplitter's weights over its APIs
+        role = "shadow, mirrors" if member["shadow"] else "routes"
+        lines.append(f"  {role} {member['weight']}% to {member['name']} ({member['state']})")
+    lines.extend(progress_lines(api.name, detail.get("jobs") or []))  # BatchAPI/TaskAPI: running jobs
     for worker in detail.get("workers", []):
         lines.append(f"  worker slot {worker['slot']}: pid {worker['pid']} {worker['state']} "
                      f"gpus {worker['gpus'] or '-'} in flight {worker['in_flight']}")

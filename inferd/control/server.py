@@ -28,6 +28,9 @@ class ControlTarget(Protocol):
     def log_lines(self, api: str, follow: bool, tail: int) -> AsyncIterator[str]:
         """Raises LookupError, before any line, for an API the daemon does not know."""
         ...
+    async def job_report(self, api: str, job_id: str, limit: int) -> dict[str, Any]:
+        """Raises LookupError for an unknown API or job, or an API without jobs."""
+        ...
 
 
 class SocketInUse(OSError):
@@ -75,6 +78,7 @@ class ControlServer:
             "Status": unary(self._status, "Status"),
             "Reload": unary(self._reload, "Reload"),
             "Validate": unary(self._validate, "Validate"),
+            "Jobs": unary(self._jobs, "Jobs"),
             "Logs": grpc.unary_stream_rpc_method_handler(
                 self._logs, request_deserializer=self.schema.request_class("Logs").FromString,
                 response_serializer=lambda message: message.SerializeToString()),
@@ -124,6 +128,13 @@ class ControlServer:
     async def _validate(self, request: Any) -> Any:
         ok, problems, notes = self.target.validate_project(request.project)
         return self.schema.reply_class("Validate")(ok=ok, problems=problems, notes=notes)
+
+    async def _jobs(self, request: Any) -> Any:
+        try:
+            report = await self.target.job_report(request.api, request.job_id, request.limit or 20)
+        except LookupError as exc:
+            report = {"error": str(exc)}  # the CLI prints it and exits 1
+        return self.schema.reply_class("Jobs")(json=json.dumps(report, default=str))
 
     async def _logs(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         line_class = self.schema.reply_class("Logs")

@@ -56,7 +56,7 @@ def validate(project_dir: Path) -> Validation:
     for api in project.apis:
         reason = unsupported_reason(api)
         if reason is None and api.handler is not None:
-            reason = constructor_problem(project.project_dir / api.handler.path)
+            reason = constructor_problem(project.project_dir / api.handler.path, api.kind)
         if reason is not None:
             blocked[api.name] = str(SpecIssue(label, api.line, "", f"api {json.dumps(api.name)}: {reason}"))
     return Validation(project.config_file, [], list(blocked.values()), list(project.ignored),
@@ -83,7 +83,8 @@ class DaemonControl:
     def __init__(self, describe: Callable[[], list[dict[str, Any]]],
                  api_status: Callable[[str], Awaitable[dict[str, Any]]], metrics: Metrics, logbook: LogBook,
                  reload: Callable[[], Awaitable[ReloadReport]], project: Path,
-                 meta: Callable[[], dict[str, Any]]) -> None:
+                 meta: Callable[[], dict[str, Any]],
+                 jobs: Callable[[str, str, int], Awaitable[dict[str, Any]]] | None = None) -> None:
         self.describe = describe
         self.api_status = api_status
         self.metrics = metrics
@@ -91,6 +92,7 @@ class DaemonControl:
         self.reload = reload
         self.project = project
         self.meta = meta
+        self.jobs = jobs
 
     async def status_rows(self, api: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         rows = [row for row in self.describe() if not api or row["name"] == api]
@@ -115,3 +117,8 @@ class DaemonControl:
         if not known:
             raise LookupError(f"no api named {api!r}")
         return self.logbook.follow(api, tail, follow)
+
+    async def job_report(self, api: str, job_id: str, limit: int) -> dict[str, Any]:
+        if self.jobs is None:
+            raise LookupError("this daemon reports no jobs")
+        return await self.jobs(api, job_id, limit)

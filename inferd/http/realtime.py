@@ -22,7 +22,7 @@ from inferd.worker.pool import ApiUnavailable, CallTimedOut, WorkerPool
 
 VERBS = ("post", "get", "put", "patch", "delete")
 log = get_logger()
-_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RealtimeEndpoint:
@@ -51,7 +51,7 @@ class RealtimeEndpoint:
                 content_type = value.decode("latin-1")
             elif name == b"content-length":
                 length = value
-            elif name == b"x-request-id" and _REQUEST_ID.match(value):
+            elif name == b"x-request-id" and REQUEST_ID.match(value):
                 request_id = value.decode()
         rid = request_id or uuid.uuid4().hex
         rid_header = (b"x-request-id", rid.encode())

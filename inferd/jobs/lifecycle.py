@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from inferd.logs import get_logger
-from inferd.store import AsyncJobStore, RunPodJobStore
+from inferd.store import AsyncJobStore, BatchJobStore, RunPodJobStore
 
 log = get_logger()
 
@@ -22,6 +22,10 @@ async def open_job_store(path: Path) -> AsyncJobStore:
     requeued, failed = await RunPodJobStore(store).recover()
     if requeued or failed:
         log.warning("runpod_jobs_recovered", requeued=requeued, failed=failed)
+    # BatchAPI/TaskAPI: batches in flight are queued again; each API's JobManager resumes its jobs
+    unfinished = await BatchJobStore(store).recover()
+    if unfinished:
+        log.warning("batch_jobs_recovered", jobs=[job.id for job in unfinished])
     return store
 
 
@@ -31,6 +35,7 @@ async def sweep_forever(store: AsyncJobStore, retention_days: float, interval: f
     while True:
         try:
             deleted = await store.sweep(retention)
+            deleted += await BatchJobStore(store).sweep(retention)  # jobs are kept as long as async results
         except Exception as exc:  # noqa: BLE001 - a failed sweep is retried next period
             log.error("async_sweep_failed", error=str(exc), exc_info=exc)
         else:

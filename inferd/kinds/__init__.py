@@ -17,6 +17,9 @@ KINDS: dict[str, str] = {
     "RealtimeAPI": "inferd.kinds.realtime:RealtimeKind",
     "AsyncAPI": "inferd.kinds.asyncapi:AsyncKind",
     "RunPodAPI": "inferd.kinds.runpod:RunPodKind",
+    "TrafficSplitter": "inferd.kinds.splitter:SplitterKind",
+    "BatchAPI": "inferd.kinds.batch:BatchKind",
+    "TaskAPI": "inferd.kinds.task:TaskKind",
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from inferd.http.routing import BaseRoute
+from inferd.http.routing import BaseRoute, RouteTable
 from inferd.metrics import Metrics
 from inferd.protos import CompiledProto
 from inferd.settings import Settings
@@ -39,6 +39,18 @@ class QueueConsumer(Protocol):
     async def stop(self, timeout: float) -> None: ...
 
 
+class Peers(Protocol):
+    """The deployment's other APIs, for a kind that forwards to them (TrafficSplitter)."""
+
+    def runtime(self, name: str) -> ApiRuntime | None:
+        """The served version of API ``name``, if there is one."""
+        ...
+
+    def own_routes(self, name: str) -> RouteTable | None:
+        """API ``name``'s own routes as of the last routing swap; None while it has none."""
+        ...
+
+
 @dataclass(frozen=True)
 class KindContext:
     """What the daemon lends every kind."""
@@ -47,6 +59,9 @@ class KindContext:
     metrics: Metrics
     store: AsyncJobStore | None
     proto_cache: Path
+    peers: Peers | None = None  # set by the Deployment that asks the kind
+    # an API's log book (`inferd logs <api>`), for kinds that start workers themselves (jobs)
+    on_log: Callable[[str, str], None] = field(default=lambda api, line: None)
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,12 @@ class ApiRuntime:
         return self.spec.name
 
     @property
+    def workerless(self) -> bool:
+        """A servable API of a kind with no workers of its own (a TrafficSplitter): no pool is
+        no failure for it."""
+        return self.error is None and self.kind is not None and not self.kind.has_workers
+
+    @property
     def endpoint(self) -> str:
         """gRPC APIs are reached at /<package>.<Service> on the gRPC port, as in Cortex."""
         return f"/{self.compiled.service_name}" if self.compiled else self.spec.networking.endpoint
@@ -90,8 +111,10 @@ class ApiRuntime:
         if self.kind is not None:
             info.update(self.kind.describe(self))
         if self.pool is None:
-            return {**info, "state": "failed", "error": self.error, "desired_workers": 0,
-                    "ready_workers": 0, "restarts": 0, "workers": []}
+            idle = {"desired_workers": 0, "ready_workers": 0, "restarts": 0, "workers": []}
+            if self.workerless:  # ready unless its kind's describe says otherwise (a splitter whose APIs are not)
+                return {**info, "state": info.get("state", "ready"), "error": info.get("error"), **idle}
+            return {**info, "state": "failed", "error": self.error, **idle}
         return {**info, **self.pool.describe(), "error": self.error or self.pool.error}
 
 
@@ -101,6 +124,7 @@ class Kind(ABC):
 
     name: str = ""
     needs_store: bool = False
+    has_workers: bool = True  # False: no pool of its own (a TrafficSplitter forwards to other APIs)
 
     def unsupported(self, api: ApiSpec) -> str | None:
         """Why this version of inferd cannot serve the API, or None when it can."""
@@ -150,3 +174,8 @@ class Kind(ABC):
     async def refresh_gauges(self, runtime: ApiRuntime, context: KindContext) -> None:  # noqa: B027 - optional
         """Set the gauges this kind reports (read, not counted: queue lengths, job counts);
         a kind with no such gauges keeps this default, which sets none."""
+
+    async def jobs(self, runtime: ApiRuntime, job_id: str, limit: int) -> dict[str, Any] | None:
+        """For ``inferd jobs``: ``{"jobs": [...]}`` (recent, newest first) or, with ``job_id``,
+        ``{"job": {...}}`` (None when unknown); kinds without jobs raise LookupError."""
+        raise LookupError(f"api {runtime.name} ({runtime.spec.kind}) has no jobs")

@@ -37,27 +37,35 @@ class Located:
 
 
 def read_splits(parent: Block) -> tuple[tuple[TrafficTarget, ...], list[tuple[TrafficTarget, int, str]]]:
+    """A TrafficSplitter's ``apis``: Cortex's rules for each entry and for the list as a whole
+    (names listed once, at most one shadow, non-shadow weights adding up to 100); the members
+    themselves are checked against the other APIs by ``check_project``."""
     node = parent.node("apis")
     if node is None or node.value is None:
         parent.missing("apis")
         return (), []
     if not node.is_seq or not node.value:
-        parent.issue("apis", f"must be a non-empty list of {{name, weight, shadow}}, got {describe(node.value)}")
+        got = "an empty list" if node.is_seq else describe(node.value)
+        parent.issue("apis", f"must be a non-empty list of {{name, weight, shadow}}, got {got}")
         return (), []
     located = []
+    weights_ok = True
     for i, item in enumerate(node.value):
         block = Block(parent.out, item, f"{parent.child('apis')}[{i}]", ("name", "weight", "shadow"), item.line)
-        target = TrafficTarget(
-            name=block.string("name", "", required=True) or "",
-            weight=block.integer("weight", 0, 0, 100, required=True),
-            shadow=block.boolean("shadow", False),
-        )
+        name = block.string("name", "", required=True) or ""
+        issues = parent.out.issues
+        reported = len(issues)
+        weight = block.integer("weight", 0, 0, 100, required=True)
+        weight_ok, reported = len(issues) == reported, len(issues)
+        target = TrafficTarget(name=name, weight=weight, shadow=block.boolean("shadow", False))
+        # the sum counts this weight only if it was read, and only if it is known not to be the shadow's
+        weights_ok = weights_ok and len(issues) == reported and (weight_ok or target.shadow)
         located.append((target, item.line, block.path))
-    _check_split_totals(parent, located)
+    _check_split_totals(parent, located, weights_ok)
     return tuple(t for t, _, _ in located), located
 
 
-def _check_split_totals(parent: Block, located: list[tuple[TrafficTarget, int, str]]) -> None:
+def _check_split_totals(parent: Block, located: list[tuple[TrafficTarget, int, str]], weights_ok: bool) -> None:
     seen: dict[str, int] = {}
     shadow_line = None
     for target, line, path in located:
@@ -70,8 +78,11 @@ def _check_split_totals(parent: Block, located: list[tuple[TrafficTarget, int, s
         if target.shadow and shadow_line is None:
             shadow_line = line
     total = sum(t.weight for t, _, _ in located if not t.shadow)
-    if total != 100:
-        parent.issue("apis", f"the weights of the non-shadow APIs must add up to 100, got {total}")
+    if total != 100 and weights_ok:  # a non-shadow weight already reported as invalid would make the sum a guess
+        # as in Cortex, a shadow's weight is the share of requests mirrored to it, outside the 100
+        note = "; the shadow's weight is not counted: it is the percentage of requests mirrored to it" \
+            if shadow_line is not None else ""
+        parent.issue("apis", f"the weights of the non-shadow APIs must add up to 100, got {total}{note}")
 
 
 def check_project(out: Collector, apis: list[Located]) -> None:

@@ -94,6 +94,49 @@ runpod_stream = Table(
 )
 Index("runpod_stream_job_id_seq", runpod_stream.c.job_id, runpod_stream.c.seq)
 
+# BatchAPI/TaskAPI jobs (spec cortex.md §4.3-§4.6; store/batch.py). Statuses are Cortex v0.35's.
+batch_jobs = Table(
+    "batch_jobs",
+    metadata,
+    Column("seq", Integer, primary_key=True),
+    # Cortex's id: hex of (2^63-1 - unix ns), so ascending id order is newest first.
+    Column("id", Text, nullable=False, unique=True),
+    Column("api", Text, nullable=False),
+    Column("kind", Text, nullable=False),  # BatchAPI | TaskAPI
+    Column("status", Text, nullable=False),
+    Column("spec", Text, nullable=False),  # the job spec document (JSON), as the submitter got it
+    Column("workers", Integer, nullable=False),
+    Column("timeout_s", Integer),
+    Column("config", Text),  # JSON of the submission's config; NULL when it gave none
+    Column("max_receive_count", Integer, nullable=False),  # claims a batch gets before it counts as failed
+    Column("total_batches", Integer, nullable=False),
+    Column("reason", Text),  # why the job is where it is (e.g. pending: waiting for GPUs)
+    Column("error", Text),  # traceback or message of a failed job
+    Column("on_complete", Text),  # NULL, then claimed, then succeeded | failed: on_job_complete at most once
+    Column("created_at", BigInteger, nullable=False),  # µs since epoch, UTC
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger),
+)
+Index("batch_jobs_api_id", batch_jobs.c.api, batch_jobs.c.id)
+Index("batch_jobs_status_finished_at", batch_jobs.c.status, batch_jobs.c.finished_at)
+
+job_batches = Table(
+    "job_batches",
+    metadata,
+    Column("job_id", Text, primary_key=True),
+    Column("idx", Integer, primary_key=True),  # position in the job: the order batches are handed out
+    Column("status", Text, nullable=False),  # queued | running | succeeded | failed
+    Column("payload", LargeBinary, nullable=False),  # a JSON array of items
+    Column("attempts", Integer, nullable=False),  # times a worker claimed it
+    Column("error", Text),
+    Column("worker_id", Text),
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger),
+)
+Index("job_batches_job_status_idx", job_batches.c.job_id, job_batches.c.status, job_batches.c.idx)
+# recover() after a crash looks for running batches of every job
+Index("job_batches_status", job_batches.c.status)
+
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
 
 
@@ -164,9 +207,49 @@ def _v2_runpod_jobs(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX runpod_stream_job_id_seq ON runpod_stream (job_id, seq)")
 
 
+def _v3_batch_jobs(conn: Connection) -> None:
+    conn.exec_driver_sql(
+        """CREATE TABLE batch_jobs (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            api TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            workers INTEGER NOT NULL,
+            timeout_s INTEGER,
+            config TEXT,
+            max_receive_count INTEGER NOT NULL,
+            total_batches INTEGER NOT NULL,
+            reason TEXT,
+            error TEXT,
+            on_complete TEXT,
+            created_at BIGINT NOT NULL,
+            started_at BIGINT,
+            finished_at BIGINT)"""
+    )
+    conn.exec_driver_sql("CREATE INDEX batch_jobs_api_id ON batch_jobs (api, id)")
+    conn.exec_driver_sql("CREATE INDEX batch_jobs_status_finished_at ON batch_jobs (status, finished_at)")
+    conn.exec_driver_sql(
+        """CREATE TABLE job_batches (
+            job_id TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            attempts INTEGER NOT NULL,
+            error TEXT,
+            worker_id TEXT,
+            started_at BIGINT,
+            finished_at BIGINT,
+            PRIMARY KEY (job_id, idx))"""
+    )
+    conn.exec_driver_sql("CREATE INDEX job_batches_job_status_idx ON job_batches (job_id, status, idx)")
+    conn.exec_driver_sql("CREATE INDEX job_batches_status ON job_batches (status)")
+
+
 Migration = Callable[[Connection], None]
 # MIGRATIONS[i] takes a database from version i to version i + 1. Append only.
-MIGRATIONS: Sequence[Migration] = (_v1_jobs, _v2_runpod_jobs)
+MIGRATIONS: Sequence[Migration] = (_v1_jobs, _v2_runpod_jobs, _v3_batch_jobs)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

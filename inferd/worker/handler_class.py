@@ -17,6 +17,11 @@ from typing import Any
 HTTP_VERBS = ("post", "get", "put", "patch", "delete")
 METHOD_PARAMS = frozenset({"payload", "query_params", "headers"})
 CONSTRUCTOR_PARAMS = frozenset({"config", "metrics_client", "proto_module_pb2", "module_proto_pb2"})
+# Cortex's allowed constructor parameters differ by kind (spec §3.2); the others use the set above
+CONSTRUCTOR_PARAMS_BY_KIND = {
+    "BatchAPI": frozenset({"config", "job_spec", "metrics_client"}),
+    "TaskAPI": frozenset({"metrics_client"}),
+}
 
 
 class HandlerLoadError(Exception):
@@ -61,9 +66,9 @@ def check_params(where: str, func: Callable[..., Any], allowed: frozenset[str]) 
     return names
 
 
-def construct(cls: type[Any], available: Mapping[str, Any]) -> Any:
+def construct(cls: type[Any], available: Mapping[str, Any], allowed: frozenset[str] = CONSTRUCTOR_PARAMS) -> Any:
     """Build the handler, passing by name each constructor argument it declares."""
-    names = check_params(f"{cls.__name__}.__init__", cls.__init__, CONSTRUCTOR_PARAMS)
+    names = check_params(f"{cls.__name__}.__init__", cls.__init__, allowed)
     kwargs = {}
     for name in names:
         if name not in available:
@@ -101,9 +106,10 @@ def http_methods(handler: Any) -> dict[str, BoundMethod]:
     return methods
 
 
-def constructor_problem(handler_file: Path) -> str | None:
+def constructor_problem(handler_file: Path, kind: str = "") -> str | None:
     """What a worker would refuse in ``Handler.__init__``'s parameters, read without running
-    the file (``inferd validate`` must not import the user's code)."""
+    the file (``inferd validate`` must not import the user's code); ``kind`` picks the allowed set."""
+    allowed = CONSTRUCTOR_PARAMS_BY_KIND.get(kind, CONSTRUCTOR_PARAMS)
     try:
         tree = ast.parse(handler_file.read_bytes())
     except (OSError, SyntaxError, ValueError):
@@ -116,7 +122,7 @@ def constructor_problem(handler_file: Path) -> str | None:
     if "model_client" in params:
         return ("Handler.__init__ asks for model_client: multi_model_reloading's model client is not "
                 "supported by this version of inferd yet")
-    unknown = [name for name in params if name not in CONSTRUCTOR_PARAMS]
+    unknown = [name for name in params if name not in allowed]
     if unknown:
-        return f"Handler.__init__ asks for {', '.join(unknown)}; inferd passes only {', '.join(sorted(CONSTRUCTOR_PARAMS))}"
+        return f"Handler.__init__ asks for {', '.join(unknown)}; inferd passes only {', '.join(sorted(allowed))}"
     return None

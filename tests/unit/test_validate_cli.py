@@ -61,13 +61,10 @@ def test_run_refuses_a_malformed_file_with_a_line(tmp_path):
 def test_validate_names_each_api_that_will_not_start(capsys):
     assert main(["validate", "--project", str(PROJECTS / "unsupported")]) == 1
     out, err = capsys.readouterr()
-    assert f"{PROJECTS / 'unsupported' / 'cortex.yaml'}: 1 api(s) valid: served\n" in out
+    assert f"{PROJECTS / 'unsupported' / 'cortex.yaml'}: 3 api(s) valid: served, trainer, splitter\n" in out
     lines = err.splitlines()
-    assert lines[-1] == "5 api(s) will not start"
+    assert lines[-1] == "3 api(s) will not start"
     assert lines[:-1] == [
-        'cortex.yaml:7: api "trainer": TaskAPI is not supported by this version of inferd yet (RealtimeAPI, AsyncAPI and RunPodAPI are)',
-        'cortex.yaml:12: api "splitter": TrafficSplitter is not supported by this version of inferd yet '
-        "(RealtimeAPI, AsyncAPI and RunPodAPI are)",
         'cortex.yaml:18: api "containers": APIs with pod.containers are not supported by this version of inferd yet',
         'cortex.yaml:25: api "tf": handler.type tensorflow is not supported by inferd; use type: python',
         'cortex.yaml:33: api "models": Handler.__init__ asks for model_client: multi_model_reloading\'s model client '
