@@ -310,9 +310,16 @@ class JobRun:
 
     async def _consume(self, worker: WorkerProcess, exited: asyncio.Task[int | None]) -> None:
         worker_id = f"{self.id}/{worker.slot}/{worker.pid}"
+        succeeded: int | None = None  # the last batch, its success not yet written
         while not self.draining:
             self._progress.clear()
-            claimed = await self.store.claim(self.id, worker_id)
+            if succeeded is None:
+                claimed = await self.store.claim(self.id, worker_id)
+            else:  # one commit for both: the success written (even if we are cancelled), the next batch claimed
+                _, claimed = await asyncio.gather(asyncio.shield(self.store.succeed_batch(self.id, succeeded)),
+                                                  self.store.claim(self.id, worker_id))
+                succeeded = None
+                self._progress.set()
             if not claimed:
                 if await self._idle(worker, exited):
                     raise JobEnded()
@@ -324,11 +331,13 @@ class JobRun:
                 await self._batch_failed(batch, str(lost))
                 raise
             if end.code == protocol.OK:
-                await self.store.succeed_batch(self.id, batch.index)
+                succeeded = batch.index
                 self._batches.labels(self.launch.api, "succeeded").inc()
                 self._duration.observe(float(reply.get("seconds") or 0.0))
             else:
                 await self._batch_failed(batch, failure_text(reply, end))
+        if succeeded is not None:  # draining: the last success is written before the worker goes
+            await self.store.succeed_batch(self.id, succeeded)
             self._progress.set()
 
     async def _batch_failed(self, batch: Batch, error: str) -> None:
