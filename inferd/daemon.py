@@ -8,6 +8,7 @@ included — happens in one place, in order.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import resource
@@ -186,6 +187,8 @@ class Daemon:
             return EXIT_FAILED
         # the bound ports: with port 0 in the settings the kernel picked them (tests, side-by-side daemons)
         port = sock.getsockname()[1]
+        # what the APIs' environments name as the daemon's address (container APIs' chaining URL)
+        self.settings = dataclasses.replace(self.settings, port=port)
         log.info("inferd_listening", host=self.settings.host, port=port, grpc_port=grpc_port,
                  control_socket=str(self.settings.control_socket))
         deployment = await self._deploy(project, protos)

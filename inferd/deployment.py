@@ -26,7 +26,7 @@ from inferd.logs import get_logger
 from inferd.protos import CompiledProto
 from inferd.spec import ProjectSpec
 from inferd.worker.backend import WorkerBackend
-from inferd.worker.launch import init_message, worker_slots
+from inferd.worker.launch import container_slots, init_message, worker_slots
 from inferd.worker.pool import PoolConfig, WorkerPool
 from inferd.worker.process import WorkerProcess
 
@@ -96,23 +96,32 @@ class Deployment:
     def _pool_config(self, project: ProjectSpec, runtime: ApiRuntime, kind: Kind,
                      devices: tuple[tuple[int, ...], ...]) -> PoolConfig:
         api = runtime.spec
-        runner, options = kind.runner(runtime, self.context)
-        init = init_message(project, api, runner, options, self.settings.max_body_size)
-        slots = worker_slots(self.environ, project, api, devices)
         metrics = self.context.metrics
 
         def log_line(line: str) -> None:
             self.on_log(api.name, line)
 
-        def worker_process(slot: int) -> WorkerBackend:
-            return WorkerProcess(api.name, slot, init, slots[slot].env, str(project.project_dir), slots[slot].gpus,
-                                 lambda frame: metrics.record_user(api.name, frame), log_line)
+        if api.pod is not None:  # the user's own containers: the kind's backend runs them
+            slots = container_slots(self.environ, project, devices)
+            launch = WorkerLaunch(project.project_dir, slots, log_line)
+            backend = kind.backend(runtime, self.context, launch)
+            if backend is None:
+                raise ValueError(f"{api.kind} {api.name}: its kind has no backend for pod.containers")
+        else:
+            runner, options = kind.runner(runtime, self.context)
+            init = init_message(project, api, runner, options, self.settings.max_body_size)
+            slots = worker_slots(self.environ, project, api, devices)
 
-        launch = WorkerLaunch(project.project_dir, slots, log_line)
+            def worker_process(slot: int) -> WorkerBackend:
+                return WorkerProcess(api.name, slot, init, slots[slot].env, str(project.project_dir), slots[slot].gpus,
+                                     lambda frame: metrics.record_user(api.name, frame), log_line)
+
+            launch = WorkerLaunch(project.project_dir, slots, log_line)
+            backend = kind.backend(runtime, self.context, launch) or worker_process
         return PoolConfig(
             api=api.name,
             slots=slots,
-            backend=kind.backend(runtime, self.context, launch) or worker_process,
+            backend=backend,
             max_concurrency=kind.worker_concurrency(api),
             ready_wait=self.settings.ready_wait,
             stop_timeout=self.settings.shutdown_grace_period,

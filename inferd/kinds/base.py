@@ -118,6 +118,12 @@ class ApiRuntime:
         return {**info, **self.pool.describe(), "error": self.error or self.pool.error}
 
 
+def pods_refused(api: ApiSpec) -> str:
+    """What a kind that cannot run containers yet says of an API with ``pod.containers``."""
+    return (f"{api.kind} APIs with pod.containers are not supported by this version of inferd yet "
+            "(container RealtimeAPIs are; container AsyncAPI, BatchAPI and TaskAPI are not yet)")
+
+
 class Kind(ABC):
     """Defaults shared by the handler-generation kinds; each kind must say how it runs
     (``runner``) and what answers its requests (``front``), and overrides what else differs."""
@@ -129,7 +135,7 @@ class Kind(ABC):
     def unsupported(self, api: ApiSpec) -> str | None:
         """Why this version of inferd cannot serve the API, or None when it can."""
         if api.pod is not None:
-            return "APIs with pod.containers are not supported by this version of inferd yet"
+            return pods_refused(api)
         if api.handler is None:
             return "the API has no handler block"
         if api.handler.type != "python":

@@ -9,13 +9,17 @@ from typing import Any
 import grpc
 from starlette.types import Receive, Scope, Send
 
+from inferd.containers.proxy import ContainerProxy
 from inferd.grpc.bridge import RpcBridge
 from inferd.http.cors import with_cors
 from inferd.http.realtime import RealtimeEndpoint
 from inferd.http.responses import send_json
-from inferd.http.routing import BaseRoute, Route
-from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext
+from inferd.http.routing import BaseRoute, Mount, Route
+from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, WorkerLaunch
+from inferd.kinds.containers import container_backend, unrunnable
 from inferd.protos import CompiledProto
+from inferd.spec import ApiSpec
+from inferd.worker.backend import BackendFactory
 
 HTTP_RUNNER = "inferd.worker.runners.http:HttpRunner"
 GRPC_RUNNER = "inferd.worker.runners.grpc:GrpcRunner"
@@ -36,7 +40,23 @@ def grpc_options(compiled: CompiledProto, context: KindContext) -> dict[str, Any
 
 
 class RealtimeKind(Kind):
+    """The handler generation (``handle_<verb>`` in inferd's workers, over HTTP or gRPC) and the
+    container generation (``pod.containers``: the user's web server, behind ``ContainerProxy``)."""
+
     name = "RealtimeAPI"
+
+    def unsupported(self, api: ApiSpec) -> str | None:
+        if api.pod is not None:
+            return unrunnable(api)
+        return super().unsupported(api)
+
+    def worker_concurrency(self, api: ApiSpec) -> int:
+        if api.pod is not None:  # admission is the proxy's (ContainerReplica.admit)
+            return api.pod.max_concurrency + api.pod.max_queue_length
+        return super().worker_concurrency(api)
+
+    def backend(self, runtime: ApiRuntime, context: KindContext, launch: WorkerLaunch) -> BackendFactory | None:
+        return container_backend(runtime, context, launch) if runtime.spec.pod is not None else None
 
     def runner(self, runtime: ApiRuntime, context: KindContext) -> tuple[str, dict[str, Any]]:
         if runtime.compiled is not None:
@@ -51,6 +71,12 @@ class RealtimeKind(Kind):
         pool = runtime.pool
         if pool is None:
             return None
+        if runtime.spec.pod is not None:
+            endpoint = runtime.spec.networking.endpoint
+            if isinstance(current, ContainerProxy):
+                current.switch(pool, endpoint)
+                return current
+            return ContainerProxy(runtime.name, endpoint, pool, context.settings.max_body_size, context.metrics)
         if runtime.compiled is not None:
             if isinstance(current, RpcBridge):
                 current.switch(pool, runtime.compiled.methods)
@@ -67,13 +93,20 @@ class RealtimeKind(Kind):
         has reported them)."""
         if runtime.compiled is not None:
             return {"rpcs": [method.name for method in runtime.compiled.methods]}
+        if runtime.spec.pod is not None:  # the container answers whatever it answers
+            pod = runtime.spec.pod
+            return {"verbs": ["*"], "pod": {"port": pod.port, "max_concurrency": pod.max_concurrency,
+                                            "max_queue_length": pod.max_queue_length,
+                                            "containers": [c.name for c in pod.containers]}}
         info = runtime.pool.info if runtime.pool is not None else None
         return {"verbs": [verb.upper() for verb in info["verbs"]]} if info else {}
 
     def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:
+        endpoint, origins = runtime.spec.networking.endpoint, runtime.spec.networking.allow_origins
+        if isinstance(front, ContainerProxy):  # every sub-path is the container's
+            return (Mount(endpoint, with_cors(front, origins, runtime.name)),)
         if not isinstance(front, RealtimeEndpoint):
             return ()
-        endpoint, origins = runtime.spec.networking.endpoint, runtime.spec.networking.allow_origins
         return (Route(endpoint, with_cors(front, origins, runtime.name)),
                 Route(f"{endpoint}/info", with_cors(model_info, origins, runtime.name)))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from inferd.kinds.base import ApiRuntime, KindContext
+from inferd.kinds.base import ApiRuntime, KindContext, pods_refused
 from inferd.kinds.batch import BatchKind
 from inferd.spec import ApiSpec
 from inferd.spec.model import HandlerSpec
@@ -22,7 +22,7 @@ class TaskKind(BatchKind):
 
     def unsupported(self, api: ApiSpec) -> str | None:
         if api.pod is not None:
-            return "APIs with pod.containers are not supported by this version of inferd yet"
+            return pods_refused(api)
         if api.definition is None:
             return "the API has no definition block"
         return None

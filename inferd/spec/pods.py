@@ -80,10 +80,19 @@ def _container_hints(kind: str) -> dict[str, str]:
 def _container(block: Block, kind: str, seen: dict[str, int]) -> ContainerSpec:
     command_required = kind in ("BatchAPI", "TaskAPI")
     readiness_actions = PROBE_ACTIONS if kind == "RealtimeAPI" else ("http_get", "tcp_socket")
+    name = _container_name(block, seen)
+    image = block.string("image", "") or ""
+    if block.given("image") and not image.strip():
+        block.issue("image", "must be an image reference (or leave image out to run the command as a local process)")
+    command = block.string_list("command", required=command_required, non_empty=True)
+    if not block.given("image") and not block.given("command") and not command_required:
+        # inferd runs a container without an image as a local process: it needs its command
+        block.out.add(block.line, block.path, "needs an image or a command (without an image, inferd runs "
+                                              "the command as a local process)")
     return ContainerSpec(
-        name=_container_name(block, seen),
-        image=block.string("image", "", required=True) or "",
-        command=block.string_list("command", required=command_required, non_empty=True),
+        name=name,
+        image=image,
+        command=command,
         args=block.string_list("args"),
         env=block.env("env", _ENV_RESERVED),
         compute=read_compute(block, container=True),

@@ -74,6 +74,16 @@ def worker_slots(base: Mapping[str, str], project: ProjectSpec, api: ApiSpec,
             for gpus in devices]
 
 
+def container_slots(base: Mapping[str, str], project: ProjectSpec,
+                    devices: Sequence[tuple[int, ...]]) -> list[WorkerSlot]:
+    """A container API's replicas: the daemon's environment (less what is the daemon's alone),
+    the project's ``.env`` and the replica's GPUs; each container adds its own
+    (``inferd.containers.launch``)."""
+    dotenv = read_dotenv(project.project_dir)
+    inherited = {k: v for k, v in base.items() if k not in DAEMON_ONLY and not k.startswith("INFERD_")}
+    return [WorkerSlot(env={**inherited, **dotenv, **visible_devices_env(gpus)}, gpus=tuple(gpus)) for gpus in devices]
+
+
 def init_message(project: ProjectSpec, api: ApiSpec, runner: str, options: dict[str, Any],
                  max_body_size: int) -> protocol.Init:
     """The ``Init`` every worker of ``api`` receives; ``runner`` and ``options`` come from its kind."""

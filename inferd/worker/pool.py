@@ -329,6 +329,11 @@ class WorkerPool:
             raise ApiUnavailable(self._not_ready_message())
         return info
 
+    async def wait_ready_workers(self) -> list[WorkerBackend]:
+        """The ready workers, waiting up to ``ready_wait`` for a first one (``ApiUnavailable``
+        when none comes); for fronts that pick and admit themselves (container replicas)."""
+        return self.ready_workers() or await self._wait_for_ready()
+
     async def _pick(self) -> WorkerBackend:
         ready = self.ready_workers() or await self._wait_for_ready()
         worker = min(ready, key=lambda w: w.in_flight)

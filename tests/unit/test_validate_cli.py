@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from inferd.cli import main
+from inferd.containers.engine import find_engine
 
 PROJECTS = Path(__file__).parent.parent / "projects"
 HANDLER = "class Handler:\n    def __init__(self, config):\n        pass\n\n    def handle_post(self, payload):\n        return payload\n"
@@ -58,17 +59,26 @@ def test_run_refuses_a_malformed_file_with_a_line(tmp_path):
 # -- APIs this version cannot start (issue 10, item 15) --------------------------------------------
 
 
-def test_validate_names_each_api_that_will_not_start(capsys):
-    assert main(["validate", "--project", str(PROJECTS / "unsupported")]) == 1
+def test_validate_names_each_api_that_will_not_start(capsys, monkeypatch):
+    monkeypatch.setenv("INFERD_CONTAINER_ENGINE", "none")  # no podman or docker, whatever this host has
+    find_engine.cache_clear()
+    try:
+        assert main(["validate", "--project", str(PROJECTS / "unsupported")]) == 1
+    finally:
+        find_engine.cache_clear()
     out, err = capsys.readouterr()
     assert f"{PROJECTS / 'unsupported' / 'cortex.yaml'}: 3 api(s) valid: served, trainer, splitter\n" in out
     lines = err.splitlines()
-    assert lines[-1] == "3 api(s) will not start"
+    assert lines[-1] == "4 api(s) will not start"
     assert lines[:-1] == [
-        'cortex.yaml:18: api "containers": APIs with pod.containers are not supported by this version of inferd yet',
+        'cortex.yaml:18: api "containers": pod.containers[0] (api): image example/api:latest has no command, and no '
+        "container engine (podman or docker) can run images on this host; give the container a command to run it "
+        "as a local process, or install podman or docker",
         'cortex.yaml:25: api "tf": handler.type tensorflow is not supported by inferd; use type: python',
         'cortex.yaml:33: api "models": Handler.__init__ asks for model_client: multi_model_reloading\'s model client '
         "is not supported by this version of inferd yet",
+        'cortex.yaml:40: api "queue": AsyncAPI APIs with pod.containers are not supported by this version of inferd '
+        "yet (container RealtimeAPIs are; container AsyncAPI, BatchAPI and TaskAPI are not yet)",
     ]
 
 

@@ -1,0 +1,88 @@
+"""Container RealtimeAPI benchmark: inferd's proxy in front of a container vs that container called
+directly, in the same run.
+
+    python bench/containers.py [--duration 10] [--connections 32] [--rounds 1]
+
+The container is bench/noop_container.py (a no-op starlette app on uvicorn) run by inferd as a
+container API (``pod.containers``, a local process); "bare" is wrk against the very same process
+on its own port (read from ``/-/apis``), "inferd" is wrk against ``/<api>`` through the proxy.
+Target: at least 0.7x of direct throughput, and p50 overhead under 1 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realtime import HERE, LUA, free_port, print_case, run_wrk, start, stop, wait_for  # noqa: E402
+
+API = "noop"
+
+
+def make_project(root: Path) -> Path:
+    project = root / "project-containers"
+    project.mkdir()
+    shutil.copy(HERE / "noop_container.py", project / "server.py")
+    (project / "cortex.yaml").write_text(
+        f"- name: {API}\n  kind: RealtimeAPI\n  pod:\n    max_concurrency: 64\n    containers:\n"
+        f"      - name: api\n        command: [{sys.executable}, server.py]\n")
+    return project
+
+
+def replica_port(inferd_url: str, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            api = httpx.get(f"{inferd_url}/-/apis").json()["apis"][0]
+            if api["state"] == "ready":
+                return int(api["workers"][0]["port"])
+        except (httpx.TransportError, KeyError, IndexError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise SystemExit("the container API did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install -y wrk")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        script = root / "post.lua"
+        script.write_text(LUA)
+        project = make_project(root)
+        port = free_port()
+        inferd = start([sys.executable, "-m", "inferd", "run", "--project", str(project), "--port", str(port),
+                        "--grpc-port", str(free_port()), "--state-dir", str(root / "state"), "--log-level", "warning"],
+                       root / "inferd.log", {"INFERD_CONTAINER_ENGINE": "none"})
+        rounds = []
+        try:
+            inferd_url = f"http://127.0.0.1:{port}"
+            direct = replica_port(inferd_url)
+            targets = {"inferd": f"{inferd_url}/{API}", "bare": f"http://127.0.0.1:{direct}/"}
+            for url in targets.values():
+                wait_for(url)
+                run_wrk(url, argparse.Namespace(threads=1, connections=4, duration=2), script)  # warm-up
+            for n in range(args.rounds):
+                order = list(targets) if n % 2 == 0 else list(reversed(targets))
+                results = {name: run_wrk(targets[name], args, script) for name in order}
+                rounds.append({name: results[name] for name in targets})
+        finally:
+            stop(inferd)
+    print_case(f"container RealtimeAPI: proxy vs the container directly, wrk -c{args.connections}", rounds, 0.7)
+
+
+if __name__ == "__main__":
+    main()

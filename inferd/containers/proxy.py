@@ -1,0 +1,264 @@
+"""``ContainerProxy``: a container RealtimeAPI's front, Cortex's proxy sidecar on one node.
+
+Every verb, the sub-path (``/<endpoint>/x`` → ``/x``) and the query string go to a ready
+replica (the one with the fewest admitted requests), bodies streamed both ways, hop-by-hop
+headers dropped, ``X-Cortex-Request-ID`` added (the client's ``X-Request-ID`` when it sent a
+usable one). A replica takes ``max_concurrency`` requests at once and queues
+``max_queue_length`` more; beyond that the answer is 503 JSON. A replica that dies mid-request
+answers 502 JSON naming the API. Bodies over ``max_body_size`` get 413, as for Python APIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+from inferd.containers.replica import ContainerReplica
+from inferd.containers.upstream import UpstreamConnection, UpstreamGone
+from inferd.http.body import BodyTooLarge, ClientGone, send_too_large
+from inferd.http.realtime import REQUEST_ID, retry_after_header
+from inferd.http.responses import send_error
+from inferd.logs import get_logger
+from inferd.metrics import Metrics
+from inferd.worker.pool import ApiUnavailable, WorkerPool
+
+log = get_logger()
+REQUEST_ID_HEADER = b"x-cortex-request-id"
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+                        b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"proxy-connection"})
+# also never forwarded as sent: the proxy frames the body itself, answers Expect itself (uvicorn
+# sends 100 Continue when the body is read), and sets the request id
+_REQUEST_DROP = HOP_BY_HOP | {b"content-length", b"expect", REQUEST_ID_HEADER, b"x-request-id"}
+_RESPONSE_DROP = HOP_BY_HOP | {b"date"}  # the server adds its own Date
+
+
+class ReplicaFull(Exception):
+    pass
+
+
+class ContainerProxy:
+    def __init__(self, api: str, endpoint: str, pool: WorkerPool, max_body_size: int, metrics: Metrics) -> None:
+        self.api = api
+        self.endpoint = endpoint.encode("latin-1")
+        self.pool = pool
+        self.max_body_size = max_body_size
+        self.recorder = metrics.recorder(api)
+        self._turn = 0
+
+    def switch(self, pool: WorkerPool, endpoint: str) -> None:
+        """A reload replaced the API's replicas: requests from now on go to the new pool."""
+        self.pool = pool
+        self.endpoint = endpoint.encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.recorder.record(self._serve(scope, receive, send))
+
+    # -- one request -------------------------------------------------------------------------
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int:
+        rid: bytes | None = None
+        length: bytes | None = None
+        chunked = False
+        connection_named: set[bytes] = set()
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and REQUEST_ID.match(value):
+                rid = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                connection_named.update(part.strip().lower() for part in value.split(b","))
+        rid = rid or uuid.uuid4().hex.encode()
+        rid_header = [(b"x-request-id", rid)]
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_size):
+            await send_too_large(send, self.api, self.max_body_size, rid_header)
+            return 413
+        try:
+            replica = await self._pick()
+        except ApiUnavailable as exc:
+            await send_error(send, 503, self.api, str(exc), [*rid_header, *retry_after_header(exc)])
+            return 503
+        except ReplicaFull as exc:
+            await send_error(send, 503, self.api, str(exc), rid_header)
+            return 503
+        entered = False
+        try:
+            await replica.enter()
+            entered = True
+            return await self._forward(replica, scope, receive, send, rid, length, chunked, connection_named)
+        finally:
+            replica.leave(entered)
+
+    async def _pick(self) -> ContainerReplica:
+        pool = self.pool
+        ready = [w for w in (pool.ready_workers() or await pool.wait_ready_workers()) if isinstance(w, ContainerReplica)]
+        if not ready:
+            raise ApiUnavailable(f"api '{self.api}' has no ready replica")
+        self._turn = (self._turn + 1) % len(ready)  # ties go round the replicas
+        replica = min(ready[self._turn:] + ready[:self._turn], key=lambda r: r.in_flight)
+        if not replica.admit():
+            pod = replica.pod
+            raise ReplicaFull(f"api '{self.api}' is at capacity: {len(ready)} replica(s) x (pod.max_concurrency "
+                              f"{pod.max_concurrency} + pod.max_queue_length {pod.max_queue_length}) requests admitted")
+        return replica
+
+    def _head(self, scope: Scope, rid: bytes, length: bytes | None, chunked: bool, named: set[bytes]) -> bytes:
+        raw = scope.get("raw_path") or scope["path"].encode("latin-1")
+        path = raw[len(self.endpoint):] if raw.startswith(self.endpoint) else b"/" + scope["path_params"]["path"].encode()
+        if not path.startswith(b"/"):
+            path = b"/" + path
+        query = scope["query_string"]
+        lines = [scope["method"].encode("latin-1"), b" ", path, b"?" + query if query else b"", b" HTTP/1.1\r\n"]
+        for name, value in scope["headers"]:
+            if name not in _REQUEST_DROP and name not in named:
+                lines += [name, b": ", value, b"\r\n"]
+        client = scope.get("client")
+        if client:
+            lines += [b"x-forwarded-for: ", str(client[0]).encode("latin-1"), b"\r\n"]
+        lines += [REQUEST_ID_HEADER, b": ", rid, b"\r\n"]
+        if length is not None:
+            lines += [b"content-length: ", length, b"\r\n"]
+        elif chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    async def _forward(self, replica: ContainerReplica, scope: Scope, receive: Receive, send: Send, rid: bytes,
+                       length: bytes | None, chunked: bool, named: set[bytes]) -> int:
+        upstream = replica.upstream
+        if upstream is None or replica.state == "exited":
+            return await self._bad_gateway(send, replica, "the replica is gone", rid)
+        head = self._head(scope, rid, length, chunked, named)
+        has_body = chunked or (length is not None and length != b"0")
+        first: Message | None = await receive() if has_body else None
+        if first is not None and first["type"] == "http.disconnect":
+            return 0
+        body = first.get("body", b"") if first is not None else b""
+        more = bool(first.get("more_body", False)) if first is not None else False
+        if len(body) > self.max_body_size:
+            await send_too_large(send, self.api, self.max_body_size, [(b"x-request-id", rid)])
+            return 413
+        head_only = scope["method"] == "HEAD"
+        for attempt in (1, 2):
+            try:
+                conn = await upstream.connect(head_only)
+            except UpstreamGone as exc:
+                return await self._bad_gateway(send, replica, str(exc), rid)
+            sender = None
+            try:
+                conn.write(head + _frame(body, chunked, last=not more) if body or (chunked and not more) else head)
+                sender = asyncio.ensure_future(self._send_rest(conn, receive, chunked, len(body))) if more else None
+                await self._wait_head(conn, sender)
+            except UpstreamGone as exc:
+                conn.close()
+                if sender is not None:
+                    sender.cancel()
+                if attempt == 1 and conn.reused and not conn.got_bytes and not more:
+                    continue  # a keep-alive connection the container closed as we reused it: once more, afresh
+                return await self._bad_gateway(send, replica, str(exc), rid)
+            except BodyTooLarge:
+                conn.close()
+                await send_too_large(send, self.api, self.max_body_size, [(b"x-request-id", rid)])
+                return 413
+            except ClientGone:
+                conn.close()
+                return 0
+            return await self._relay(replica, conn, sender, receive, send, rid)
+        raise AssertionError("unreachable")
+
+    async def _wait_head(self, conn: UpstreamConnection, sender: asyncio.Future[None] | None) -> None:
+        if sender is None:
+            await conn.head
+            return
+        await asyncio.wait({conn.head, sender}, return_when=asyncio.FIRST_COMPLETED)
+        if sender.done() and sender.exception() is not None and not conn.head.done():
+            raise sender.exception()  # type: ignore[misc]
+        await conn.head
+
+    async def _send_rest(self, conn: UpstreamConnection, receive: Receive, chunked: bool, sent: int) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            body = message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            sent += len(body)
+            if sent > self.max_body_size:
+                raise BodyTooLarge()
+            if body or (chunked and not more):
+                conn.write(_frame(body, chunked, last=not more))
+                await conn.drain()
+            if not more:
+                return
+
+    async def _relay(self, replica: ContainerReplica, conn: UpstreamConnection, sender: asyncio.Future[None] | None,
+                     receive: Receive, send: Send, rid: bytes) -> int:
+        headers = _response_headers(conn.headers)
+        status = conn.status
+        upstream = replica.upstream
+        watcher: asyncio.Task[Any] | None = None
+        try:
+            data = await conn.read_body()
+            if conn.complete and not conn.chunks:  # the whole answer is here: one write
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": data or b""})
+                return status
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            if not any(name == b"content-length" for name, _ in headers):
+                watcher = asyncio.ensure_future(_until_disconnect(receive, conn)) if sender is None else None
+            while data is not None:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+                data = await conn.read_body()
+            await send({"type": "http.response.body", "body": b""})
+            return status
+        except UpstreamGone as exc:
+            log.warning("container_answer_cut", api=self.api, slot=replica.slot, request_id=rid.decode(), error=str(exc))
+            conn.close()
+            return status  # the answer started: the client sees it end early (the connection closes)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if sender is not None:
+                if not sender.done():
+                    sender.cancel()
+                    conn.close()  # the container answered before it read the whole body
+                with contextlib.suppress(BaseException):
+                    await sender
+            if upstream is not None:
+                upstream.release(conn)
+
+    async def _bad_gateway(self, send: Send, replica: ContainerReplica, why: str, rid: bytes) -> int:
+        message = f"api '{self.api}': replica {replica.slot} (port {replica.port}) failed this request: {why}"
+        log.warning("container_request_failed", api=self.api, slot=replica.slot, request_id=rid.decode(), error=why)
+        await send_error(send, 502, self.api, message, [(b"x-request-id", rid)])
+        return 502
+
+
+def _frame(body: bytes, chunked: bool, last: bool) -> bytes:
+    if not chunked:
+        return body
+    piece = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+    return piece + (b"0\r\n\r\n" if last else b"")
+
+
+def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            named.update(part.strip().lower() for part in value.split(b","))
+    return [(name, value) for name, value in headers if name not in _RESPONSE_DROP and name not in named]
+
+
+async def _until_disconnect(receive: Receive, conn: UpstreamConnection) -> None:
+    """A streamed answer to a client that left: stop reading it from the container."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not conn.complete:
+                conn.close()
+            return

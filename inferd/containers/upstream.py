@@ -1,0 +1,200 @@
+"""The HTTP/1.1 client the proxy forwards with: one keep-alive connection pool per replica,
+requests written as they arrive, responses parsed by httptools (llhttp, as uvicorn) and handed
+on piece by piece, with back-pressure both ways (a slow client pauses reading from the replica,
+a slow replica pauses the sender)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import cast
+
+import httptools
+
+HOST = "127.0.0.1"
+READ_HIGH_WATER = 1 << 20  # bytes of response buffered before reading from the replica pauses
+MAX_IDLE = 512             # idle keep-alive connections kept per replica
+
+
+class UpstreamGone(Exception):
+    """The replica closed the connection, or answered with something that is not HTTP."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._read_paused = False
+        self.reset(head_only=False)
+
+    def reset(self, head_only: bool) -> None:
+        """Ready for the next exchange; ``head_only``: its answer has no body (HEAD)."""
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.complete = False
+        self.error: str | None = None
+        self.keep_alive = False
+        self.got_bytes = False
+        self.delimited_by_close = False
+        self.head_only = head_only
+        self._wake: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(f"the container's answer is not valid HTTP: {exc}")
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.head.done() and not self.complete and self.delimited_by_close and self.error is None:
+            self.complete = True  # a body without length ends with the connection
+            self._poke()
+        elif not self.complete:
+            self._fail("the container closed the connection before it answered in full")
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.headers = []  # an interim answer (100 Continue): the real one follows
+            return
+        self.status = status
+        self.keep_alive = bool(self.parser.should_keep_alive())
+        framed = any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
+        self.delimited_by_close = not framed and status not in (204, 304)
+        if self.head_only:
+            self.complete = True
+            self.keep_alive = False  # the parser would wait for a body the answer to HEAD has not
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self.head_only:
+            return
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > READ_HIGH_WATER and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._poke()
+
+    def on_message_complete(self) -> None:
+        if self.status:
+            self.complete = True
+            self._poke()
+
+    # -- the proxy's side ----------------------------------------------------------------------
+
+    def _fail(self, message: str) -> None:
+        if self.error is None:
+            self.error = message
+        if not self.head.done():
+            self.head.set_exception(UpstreamGone(message))
+            self.head.exception()  # retrieved: a request that stopped waiting leaves no warning
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.closed:
+            raise UpstreamGone("the container closed the connection")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self.closed:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+        if self.closed:
+            raise UpstreamGone(self.error or "the container closed the connection")
+
+    async def read_body(self) -> bytes | None:
+        """The next piece of the answer's body; None once it is complete."""
+        while not self.chunks:
+            if self.complete:
+                return None
+            if self.error is not None:
+                raise UpstreamGone(self.error)
+            self._wake = asyncio.get_running_loop().create_future()
+            await self._wake
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return data
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.closed and not self.chunks
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamPool:
+    """Keep-alive connections to one replica's port."""
+
+    def __init__(self, port: int, host: str = HOST) -> None:
+        self.port = port
+        self.host = host
+        self.closed = False
+        self._idle: deque[UpstreamConnection] = deque()
+
+    async def connect(self, head_only: bool = False) -> UpstreamConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                conn.reset(head_only)
+                conn.reused = True
+                return conn
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(UpstreamConnection, self.host, self.port)
+        except OSError as exc:
+            raise UpstreamGone(f"cannot connect to the container on port {self.port}: {exc.strerror or exc}") from None
+        conn.head_only = head_only
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if self.closed or not conn.reusable or len(self._idle) >= MAX_IDLE:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    def close(self) -> None:
+        self.closed = True
+        while self._idle:
+            self._idle.pop().close()
