@@ -18,10 +18,12 @@ from typing import Any
 
 import grpc
 
+from inferd.containers.launch import BASE_URL_ENV
 from inferd.gpu import GpuDevice, GpuRequest, assign_gpus, hinted_gpus
 from inferd.http.routing import BaseRoute, RouteTable
 from inferd.kinds import get_kind, unsupported_reason
 from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, WorkerLaunch
+from inferd.kinds.containers import base_url
 from inferd.logs import get_logger
 from inferd.protos import CompiledProto
 from inferd.spec import ProjectSpec
@@ -110,7 +112,9 @@ class Deployment:
         else:
             runner, options = kind.runner(runtime, self.context)
             init = init_message(project, api, runner, options, self.settings.max_body_size)
-            slots = worker_slots(self.environ, project, api, devices)
+            # the chaining URL (Cortex's http://api-<name>) in every worker, as in every container
+            chaining = {BASE_URL_ENV: base_url(self.settings)}
+            slots = worker_slots({**self.environ, **chaining}, project, api, devices)
 
             def worker_process(slot: int) -> WorkerBackend:
                 return WorkerProcess(api.name, slot, init, slots[slot].env, str(project.project_dir), slots[slot].gpus,

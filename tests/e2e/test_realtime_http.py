@@ -187,7 +187,8 @@ def test_options_lists_the_verbs_and_no_cors(daemon: RunningDaemon) -> None:
 def test_dotenv_and_gpu_hiding_visible_in_handler(daemon: RunningDaemon) -> None:
     env = daemon.client.get("/echo").json()["env"]
     assert env == {"SECRET_WORD": "swordfish", "QUOTED": "two words", "CUDA_VISIBLE_DEVICES": "",
-                   "NVIDIA_VISIBLE_DEVICES": "void", "CORTEX_KIND": "RealtimeAPI"}
+                   "NVIDIA_VISIBLE_DEVICES": "void", "CORTEX_KIND": "RealtimeAPI",
+                   "CORTEX_API_BASE_URL": daemon.url}  # http://127.0.0.1:<the port it bound>: chaining
 
 
 def test_worker_cwd_is_the_project(daemon: RunningDaemon) -> None:

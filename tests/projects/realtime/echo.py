@@ -78,7 +78,8 @@ class Handler:
         return {"env": {"SECRET_WORD": os.environ.get("SECRET_WORD"), "QUOTED": os.environ.get("QUOTED"),
                         "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
                         "NVIDIA_VISIBLE_DEVICES": os.environ.get("NVIDIA_VISIBLE_DEVICES"),
-                        "CORTEX_KIND": os.environ.get("CORTEX_KIND")},
+                        "CORTEX_KIND": os.environ.get("CORTEX_KIND"),
+                        "CORTEX_API_BASE_URL": os.environ.get("CORTEX_API_BASE_URL")},
                 "pid": os.getpid(), "cwd": os.getcwd(), "query": dict(query_params)}
 
     def handle_put(self, payload):
