@@ -110,7 +110,10 @@ class Deployment:
             if backend is None:
                 raise ValueError(f"{api.kind} {api.name}: its kind has no backend for pod.containers")
         else:
-            runner, options = kind.runner(runtime, self.context)
+            planned = kind.runner(runtime, self.context)
+            if planned is None:
+                raise ValueError(f"{api.kind} {api.name}: its kind has no worker runner")
+            runner, options = planned
             init = init_message(project, api, runner, options, self.settings.max_body_size)
             # the chaining URL (Cortex's http://api-<name>) in every worker, as in every container
             chaining = {BASE_URL_ENV: base_url(self.settings)}

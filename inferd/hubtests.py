@@ -189,7 +189,10 @@ def worker_factory(project: ProjectSpec, api: ApiSpec, test_env: dict[str, str])
         raise CannotRun(f"api {api.name}: {reason}")
     settings = Settings()
     context = KindContext(settings, Metrics(), None, settings.state_dir)  # no store: only the runner is asked for
-    runner, options = kind.runner(ApiRuntime(api, "", kind, None), context)
+    planned = kind.runner(ApiRuntime(api, "", kind, None), context)
+    if planned is None:
+        raise CannotRun(f"api {api.name}: a {api.kind} has no worker to test")
+    runner, options = planned
     init = init_message(project, api, runner, options, settings.max_body_size)
     slot = worker_slots(os.environ, project, api, [worker_gpus(api)])[0]
     env = {**slot.env, **{k: v for k, v in test_env.items() if k not in _GPU_PINNING}}

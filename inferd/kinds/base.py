@@ -146,9 +146,10 @@ class Kind(ABC):
         """Calls one worker takes at once before the pool answers 503."""
         return api.autoscaling.max_replica_concurrency if api.autoscaling else 1024
 
-    @abstractmethod
-    def runner(self, runtime: ApiRuntime, context: KindContext) -> tuple[str, dict[str, Any]]:
-        """The worker-side runner (an import string under ``inferd.worker.runners``) and its options."""
+    def runner(self, runtime: ApiRuntime, context: KindContext) -> tuple[str, dict[str, Any]] | None:
+        """The worker-side runner (an import string under ``inferd.worker.runners``) and its
+        options; None for a kind without workers of its own (``has_workers`` False)."""
+        return None
 
     @abstractmethod
     def front(self, runtime: ApiRuntime, context: KindContext, current: Front | None) -> Front | None:

@@ -22,9 +22,6 @@ class SplitterKind(Kind):
     def unsupported(self, api: ApiSpec) -> str | None:
         return None  # its members are checked as APIs of their own
 
-    def runner(self, runtime: ApiRuntime, context: KindContext) -> tuple[str, dict[str, Any]]:
-        raise NotImplementedError("a TrafficSplitter has no workers")  # never asked: has_workers is False
-
     def front(self, runtime: ApiRuntime, context: KindContext, current: Front | None) -> Front | None:
         peers = context.peers
         if peers is None:

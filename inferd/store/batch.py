@@ -23,6 +23,9 @@ from enum import Enum
 from typing import Any
 
 from .jobs import AsyncJobStore, utc_now
+from .queries import changed_rows as _changed
+from .queries import fetch_all as _all
+from .queries import fetch_first as _first
 from .schema import from_micros, to_micros
 from .writer import Raw
 
@@ -239,19 +242,6 @@ Params = Mapping[str, Any]
 
 
 # --- run in aiosqlite's thread with the raw sqlite3 connection (reads and Raw writes) ---
-
-
-def _all(db: sqlite3.Connection, sql: str, params: Params) -> list[tuple[Any, ...]]:
-    return db.execute(sql, params).fetchall()  # drained: no statement left running
-
-
-def _first(db: sqlite3.Connection, sql: str, params: Params) -> tuple[Any, ...] | None:
-    rows = _all(db, sql, params)
-    return rows[0] if rows else None
-
-
-def _changed(db: sqlite3.Connection, sql: str, params: Params) -> bool:
-    return db.execute(sql, params).rowcount > 0
 
 
 def _create(db: sqlite3.Connection, job: Params, payloads: Sequence[bytes]) -> None:

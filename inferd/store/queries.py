@@ -13,7 +13,7 @@ atomic on its own, so an operation that fails leaves its batch-mates' writes int
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -162,8 +162,21 @@ def fetch_one(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> tupl
     return row
 
 
-def fetch_all(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    return db.execute(sql, params).fetchall()
+SqlParams = tuple[Any, ...] | Mapping[str, Any]  # positional (?) or named (:name) parameters
+
+
+def fetch_all(db: sqlite3.Connection, sql: str, params: SqlParams) -> list[tuple[Any, ...]]:
+    return db.execute(sql, params).fetchall()  # drained: no statement left running
+
+
+def fetch_first(db: sqlite3.Connection, sql: str, params: SqlParams) -> tuple[Any, ...] | None:
+    rows = fetch_all(db, sql, params)
+    return rows[0] if rows else None
+
+
+def changed_rows(db: sqlite3.Connection, sql: str, params: SqlParams) -> bool:
+    """Whether the statement changed any row."""
+    return db.execute(sql, params).rowcount > 0
 
 
 def raw_claim(db: sqlite3.Connection, now: int, api: str) -> tuple[Any, ...] | None:

@@ -22,6 +22,9 @@ from typing import Any
 
 from .jobs import AsyncJobStore, utc_now
 from .queries import GIVE_UP, SWEEP_BATCH, UnknownJob
+from .queries import changed_rows as _changed
+from .queries import fetch_all as _all
+from .queries import fetch_first as _first
 from .schema import EPOCH, from_micros, to_micros
 from .writer import Raw, RawInsert
 
@@ -204,19 +207,6 @@ Params = Mapping[str, Any]
 
 
 # --- run in aiosqlite's thread with the raw sqlite3 connection (reads and Raw writes) ---
-
-
-def _all(db: sqlite3.Connection, sql: str, params: Params) -> list[tuple[Any, ...]]:
-    return db.execute(sql, params).fetchall()  # drained: no statement left running
-
-
-def _first(db: sqlite3.Connection, sql: str, params: Params) -> tuple[Any, ...] | None:
-    rows = _all(db, sql, params)
-    return rows[0] if rows else None
-
-
-def _changed(db: sqlite3.Connection, sql: str, params: Params) -> bool:
-    return db.execute(sql, params).rowcount > 0
 
 
 def _cancel(db: sqlite3.Connection, params: Params) -> tuple[Any, ...] | None:

@@ -38,6 +38,7 @@ import json
 import os
 import time
 import traceback
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -161,9 +162,9 @@ class JobRunner(Runner):
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
         self.calls: dict[int, Running] = {}
 
+    @abstractmethod
     def preparers(self) -> dict[str, Callable[[bytes], Work]]:
         """Open method -> what turns its body into the call to make (raising ``BadCall``)."""
-        raise NotImplementedError
 
     def on_message(self, message: protocol.Message) -> None:
         if isinstance(message, protocol.Open):
