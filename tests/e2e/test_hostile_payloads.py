@@ -52,7 +52,7 @@ def worker_pids(daemon: RunningDaemon, api: str) -> list[int]:
     return [worker["pid"] for worker in daemon.api(api)["workers"]]
 
 
-def assert_no_daemon_fault(daemon: RunningDaemon) -> None:
+def assert_no_daemon_fault(daemon: RunningDaemon, handler_events: tuple[str, ...] = ("handler_exception",)) -> None:
     """No traceback but a handler's own: a handler exception logs one, nothing else may."""
     for line in daemon.logs().splitlines():
         try:
@@ -62,7 +62,7 @@ def assert_no_daemon_fault(daemon: RunningDaemon) -> None:
             continue
         name = str(event.get("event"))
         assert name not in INTERNAL_FAULTS and "Exception in ASGI application" not in name, event
-        if name != "handler_exception":
+        if name not in handler_events:
             assert "exception" not in event and "exc_info" not in event, event
 
 
