@@ -70,13 +70,11 @@ class WorkerChild:
             # not logged here: the daemon logs it once, with the exit status, and not on every retry
             text = "".join(traceback.format_exception(exc))
             self.send(protocol.InitFailed(f"{type(exc).__name__}: {exc}", text))
-            self.channel.flush()  # the frame reaches the socket before the process exits
+            await asyncio.sleep(0)  # let the frame reach the transport buffer
             return EXIT_INIT_FAILED
         self.send(protocol.Ready(os.getpid(), info))
         self.log.info("worker_ready", **info)
-        code = await self.done
-        self.channel.flush()
-        return code
+        return await self.done
 
     def load(self, init: protocol.Init) -> dict[str, Any]:
         configure_logging(init.log_level, json_output=True, api=init.api, worker=os.getpid())

@@ -29,7 +29,6 @@ from inferd.logs import get_logger
 log = get_logger()
 
 PREFIX = struct.Struct("!II")
-CORK_BELOW = 64 * 1024     # frames with smaller bodies are gathered into one write per loop turn
 MAX_META = 1 << 20          # headers and control data; a frame claiming more is corrupt
 MAX_BODY = 1 << 31          # the HTTP layer enforces the user-facing limit long before this
 
@@ -92,7 +91,6 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._closed = False
         self._loop = asyncio.get_running_loop()
-        self._corked: list[bytes] = []            # small frames to write at the end of this loop turn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -240,30 +238,16 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     def send(self, meta: dict[str, Any], body: bytes | list[bytes] = b"") -> bool:
         """One frame; a body given as pieces (a request body as the server read it) is sent
-        as those pieces, never joined into a copy first. Small frames sent during one turn of
-        the loop leave in one write at its end (one system call for many jobs' frames)."""
+        as those pieces, never joined into a copy first."""
         if self.transport is None or self.transport.is_closing():
             return False
         if isinstance(body, list):
-            pieces = [encode_head(meta, sum(map(len, body))), *body]
-            size = sum(map(len, body))
+            self.transport.writelines((encode_head(meta, sum(map(len, body))), *body))
+        elif body:
+            self.transport.writelines((encode_head(meta, len(body)), body))
         else:
-            pieces = [encode_head(meta, len(body)), body] if body else [encode_head(meta, 0)]
-            size = len(body)
-        if size >= CORK_BELOW:
-            self.flush()
-            self.transport.writelines(pieces)
-            return True
-        if not self._corked:
-            self._loop.call_soon(self.flush)
-        self._corked.extend(pieces)
+            self.transport.write(encode_head(meta, 0))
         return True
-
-    def flush(self) -> None:
-        """Write the frames held for the end of this turn of the loop (now)."""
-        corked, self._corked = self._corked, []
-        if corked and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(corked)
 
     def send_threadsafe(self, meta: dict[str, Any], body: bytes | list[bytes] = b"") -> None:
         self._loop.call_soon_threadsafe(self.send, meta, body)
