@@ -9,6 +9,7 @@ replica; every worker process of one replica shares that replica's devices
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -68,12 +69,33 @@ def _require(ok: bool, message: str) -> None:
 
 
 def read_inventory() -> tuple[GpuDevice, ...]:
-    """Devices seen by NVML, ordered by index.
+    """Devices seen by NVML, ordered by index, limited to the daemon's own
+    ``CUDA_VISIBLE_DEVICES`` when it was started with one (``CUDA_VISIBLE_DEVICES=1 inferd
+    run`` keeps inferd to GPU 1, as it would any CUDA program).
 
     Returns () when pynvml, the driver or any GPU is absent: a GPU-less box is
     a normal state, so this never raises.
     """
-    return _nvml_query(_read_devices)
+    return limit_to_visible(_nvml_query(_read_devices), os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def limit_to_visible(devices: Sequence[GpuDevice], visible: str | None) -> tuple[GpuDevice, ...]:
+    """The devices a ``CUDA_VISIBLE_DEVICES`` value names, read as CUDA reads it: a list of
+    indexes or UUIDs (``GPU-...``, a unique prefix is enough), up to the first entry that names
+    no device; unset leaves all. Indexes stay NVML's, so workers are pinned by the same numbers."""
+    if visible is None:
+        return tuple(devices)
+    chosen: list[GpuDevice] = []
+    for entry in (part.strip() for part in visible.split(",")):
+        matches = [d for d in devices if (d.index == int(entry) if entry.isdigit() else
+                                          bool(entry) and d.uuid.startswith(entry))]
+        if len(matches) != 1 or matches[0] in chosen:
+            break  # CUDA stops at the first entry it cannot use: "-1", "", "void", an unknown id
+        chosen.append(matches[0])
+    if len(chosen) < len(devices):
+        log.info("CUDA_VISIBLE_DEVICES=%r: inferd uses %d of %d GPU(s): %s", visible, len(chosen), len(devices),
+                 [d.index for d in chosen])
+    return tuple(chosen)
 
 
 @dataclass(frozen=True)

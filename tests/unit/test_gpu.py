@@ -13,6 +13,7 @@ from inferd.gpu import (
     GpuPlan,
     GpuRequest,
     assign_gpus,
+    limit_to_visible,
     read_inventory,
     visible_devices_env,
 )
@@ -319,3 +320,30 @@ def test_a_gpu_hint_starts_with_the_gpus_the_node_has_and_says_so() -> None:
     assert hinted_gpus(2, 0, hint=True) == (0, "hub.json asks for 2 GPU(s) and this node has 0: the worker starts with 0")
     assert hinted_gpus(2, 4, hint=True) == (2, None)
     assert hinted_gpus(2, 0, hint=False) == (2, None)  # compute.gpu in cortex.yaml stays strict
+
+
+# --------------------------------------------------------------------------- the daemon's CUDA_VISIBLE_DEVICES
+
+
+@pytest.mark.parametrize(("visible", "kept"), [
+    (None, [0, 1, 2, 3]),          # unset: every GPU
+    ("1", [1]),
+    ("3,1", [3, 1]),               # CUDA's order is the user's order
+    (" 2 , 0 ", [2, 0]),
+    ("GPU-0002", [2]),             # a UUID
+    ("GPU-0003,0", [3, 0]),        # UUIDs and indexes mixed
+    ("1,7,2", [1]),                # CUDA stops at the first entry naming no device
+    ("1,1", [1]),                  # ... and at a repeated one
+    ("GPU-000", []),               # a prefix that names four GPUs names none
+    ("", []), ("-1", []), ("void", []),
+])
+def test_daemon_cuda_visible_devices_limits_the_inventory(visible: str | None, kept: list[int]) -> None:
+    assert [d.index for d in limit_to_visible(inventory(4), visible)] == kept
+
+
+def test_read_inventory_honours_the_daemons_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = fake_nvml([{"uuid": f"GPU-{i}", "name": "NVIDIA H200", "total": 141 * GIB, "free": 140 * GIB}
+                      for i in range(3)])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    assert [(d.index, d.uuid) for d in read_inventory()] == [(2, "GPU-2")]  # NVML's index, for pinning
