@@ -20,6 +20,7 @@ So is a worker whose result says ``stopPod`` (``refresh_worker``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections import deque
@@ -208,15 +209,20 @@ class RunPodDispatcher:
         seats = Seats()
         mine: set[asyncio.Task[None]] = set()
         taker = worker_id(worker)
+        queued = True  # whether the queue may hold a job: a claim that came back short says it is empty
         while not self.stopping and worker.state == "ready":
             room = self._room(worker, seats)
             if room <= 0:
                 await seats.changed()
                 continue
+            if not queued:
+                await self._idle()  # an empty claim costs a write transaction: none until a job is queued
+                queued = True
+                continue
             self._wakeup.clear()
             taken = await self.jobs.claim_many(self.api, taker, room)
+            queued = len(taken) == room or self._wakeup.is_set()
             if not taken:
-                await self._idle(seats)
                 continue
             for job in taken:
                 task = asyncio.get_running_loop().create_task(self._run(worker, job, seats.take(), seats.in_order))
@@ -244,14 +250,12 @@ class RunPodDispatcher:
         if not task.cancelled() and task.exception() is not None:
             log.error("runpod_dispatch_failed", api=self.api, error=str(task.exception()), exc_info=task.exception())
 
-    async def _idle(self, seats: Seats) -> None:
-        """Until a job is queued, a seat frees, or IDLE_POLL passes."""
-        waits = {asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(seats.changed())}
-        try:
-            await asyncio.wait(waits, timeout=IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waits:
-                waiter.cancel()
+    async def _idle(self) -> None:
+        """Until a job is queued here, or IDLE_POLL passes (a job another node queued, or a
+        wake-up missed)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(IDLE_POLL):
+                await self._wakeup.wait()
 
     # -- one job ---------------------------------------------------------------------------------
 
