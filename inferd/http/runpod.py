@@ -225,10 +225,12 @@ class RunPodEndpoint:
         except JobRequestError as exc:
             await send_error(send, 400, self.api, str(exc))
             return 400
-        job = await self.jobs.submit(self.api, request.input, request.webhook, request.execution_timeout_ms,
-                                     request.ttl_ms, sync)
+        submitted = asyncio.ensure_future(self.jobs.submit(self.api, request.input, request.webhook,
+                                                           request.execution_timeout_ms, request.ttl_ms, sync))
+        # the dispatcher is woken before the insert commits: its claim then usually joins the
+        # insert's group commit (inserts run first in a batch), one transaction for both
         self.dispatcher.notify()
-        return job
+        return await submitted
 
     async def _run(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
         job = await self._submit(scope, receive, send, self.settings.max_run_body, sync=False)
