@@ -21,7 +21,7 @@ import grpc
 from inferd.containers.launch import BASE_URL_ENV
 from inferd.gpu import GpuDevice, GpuRequest, assign_gpus, hinted_gpus
 from inferd.http.routing import BaseRoute, RouteTable
-from inferd.kinds import get_kind, unsupported_reason
+from inferd.kinds import get_kind, has_workers, unsupported_reason
 from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, WorkerLaunch
 from inferd.kinds.containers import base_url
 from inferd.logs import get_logger
@@ -241,11 +241,6 @@ class Deployment:
     def set_context(self, context: KindContext) -> None:
         """A reload opened the job store (the first API that needs one arrived)."""
         self.context = dataclasses.replace(context, peers=self)
-
-
-def has_workers(kind_name: str) -> bool:
-    kind = get_kind(kind_name)
-    return kind is not None and kind.has_workers
 
 
 def is_ready(runtime: ApiRuntime) -> bool:

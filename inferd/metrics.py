@@ -18,6 +18,7 @@ from prometheus_client import (
 )
 
 from inferd.logs import get_logger
+from inferd.worker.models.report import METRIC_LOAD_SECONDS, METRIC_LOADS
 
 RECENT = 4096  # latency samples kept per API for `inferd status`
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_:]")
@@ -60,6 +61,10 @@ class Metrics:
         self.recorders: dict[str, RequestRecorder] = {}
         self.worker_restarts = Counter("inferd_worker_restarts", "Worker processes restarted",
                                        ["api"], registry=self.registry)
+        self.model_loads = Counter(METRIC_LOADS, "multi_model_reloading: load_model calls, by model and "
+                                   "outcome (loaded, failed)", ["api", "model", "outcome"], registry=self.registry)
+        self.model_load_seconds = Histogram(METRIC_LOAD_SECONDS, "multi_model_reloading: time in load_model",
+                                            ["api", "model"], registry=self.registry)
         self._user: dict[str, tuple[Any, tuple[str, ...]]] = {}
         self.log = get_logger()
 
@@ -70,7 +75,11 @@ class Metrics:
         return self.recorders[api]
 
     def record_user(self, api: str, frame: dict[str, Any]) -> None:
-        """A handler's ``metrics_client`` call, tagged with its API like Cortex did."""
+        """A handler's ``metrics_client`` call, tagged with its API like Cortex did; or one of
+        inferd's own worker-side series (``inferd_`` names, which ``metrics_client`` refuses)."""
+        if frame["name"] in (METRIC_LOADS, METRIC_LOAD_SECONDS):
+            self._record_model_load(api, frame)
+            return
         name = _NAME_OK.sub("_", frame["name"])
         kind = frame["kind"]
         tags = {"api_name": api, **frame.get("tags", {})}
@@ -90,6 +99,14 @@ class Metrics:
             getattr(child, _RECORD[kind])(frame["value"])
         except ValueError as exc:  # e.g. a negative increment: the handler's bug, not ours
             self.log.warning("user_metric_rejected", metric=name, api=api, reason=str(exc))
+
+    def _record_model_load(self, api: str, frame: dict[str, Any]) -> None:
+        tags = frame.get("tags") or {}
+        model = str(tags.get("model", ""))
+        if frame["name"] == METRIC_LOADS:
+            self.model_loads.labels(api, model, str(tags.get("outcome", ""))).inc(frame["value"])
+        else:
+            self.model_load_seconds.labels(api, model).observe(frame["value"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -132,9 +132,12 @@ def start_daemon(tmp_path: Path) -> Iterator:
         daemon.stop()
 
 
-def shared_daemon(project: str, factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
-    """Body of a module-scoped fixture: one ready daemon for a whole test module."""
-    running = RunningDaemon(PROJECTS / project, factory.mktemp(project))
+def shared_daemon(project: str | Path, factory: pytest.TempPathFactory,
+                  env: dict[str, str] | None = None) -> Iterator[RunningDaemon]:
+    """Body of a module-scoped fixture: one ready daemon for a whole test module; ``project``
+    names one under tests/projects, or is a directory of its own (a copy a test may change)."""
+    path = project if isinstance(project, Path) else PROJECTS / project
+    running = RunningDaemon(path, factory.mktemp(path.name), env=env)
     try:
         running.wait_ready()
         yield running

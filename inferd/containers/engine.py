@@ -20,6 +20,7 @@ ENGINES = ("podman", "docker")
 CHOICE_ENV = "INFERD_CONTAINER_ENGINE"
 INFO_TIMEOUT = 10.0
 SCRATCH_MOUNT = "/mnt"  # the seeds' shared /mnt: one scratch directory per replica
+JOB_SPEC_MOUNT = "/cortex/spec/job.json"  # where Cortex's job containers find the job spec
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class EngineRun:
     gpus: Sequence[int] = ()
     shm: str | None = None
     labels: Mapping[str, str] | None = None
+    job_spec: Path | None = None  # a job's spec document, mounted read-only at JOB_SPEC_MOUNT
 
 
 def run_argv(engine: Engine, run: EngineRun) -> list[str]:
@@ -73,6 +75,8 @@ def run_argv(engine: Engine, run: EngineRun) -> list[str]:
     argv = [engine.path, "run", "--rm", "--init", "--name", run.container_name, "--network", "host",
             "--sig-proxy=true", "--volume", f"{run.project_dir}:{run.project_dir}:ro",
             "--volume", f"{run.scratch_dir}:{SCRATCH_MOUNT}:rw"]
+    if run.job_spec is not None:
+        argv += ["--volume", f"{run.job_spec}:{JOB_SPEC_MOUNT}:ro"]
     for key, value in (run.labels or {}).items():
         argv += ["--label", f"{key}={value}"]
     for name in sorted(run.env):

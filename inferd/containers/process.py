@@ -110,5 +110,9 @@ class ContainerProcess:
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
 
+    async def output_done(self) -> None:
+        """Until its last output lines were read (bounded: what it started may hold the pipes)."""
+        await drain_output(self._pumps)
+
     def last_words(self) -> str:
         return self.stderr[-1].strip() if self.stderr else ""

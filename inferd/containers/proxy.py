@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from typing import Any
 
@@ -24,9 +25,11 @@ from inferd.http.realtime import REQUEST_ID, retry_after_header
 from inferd.http.responses import send_error
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
+from inferd.worker.backend import WorkerBackend
 from inferd.worker.pool import ApiUnavailable, WorkerPool
 
 log = get_logger()
+RECOVERY_POLL = 0.02  # how often a request waiting for a replica back in rotation looks
 REQUEST_ID_HEADER = b"x-cortex-request-id"
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
                         b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"proxy-connection"})
@@ -96,7 +99,7 @@ class ContainerProxy:
 
     async def _pick(self) -> ContainerReplica:
         pool = self.pool
-        ready = [w for w in (pool.ready_workers() or await pool.wait_ready_workers()) if isinstance(w, ContainerReplica)]
+        ready = [w for w in (pool.ready_workers() or await self._wait_ready()) if isinstance(w, ContainerReplica)]
         if not ready:
             raise ApiUnavailable(f"api '{self.api}' has no ready replica")
         self._turn = (self._turn + 1) % len(ready)  # ties go round the replicas
@@ -106,6 +109,18 @@ class ContainerProxy:
             raise ReplicaFull(f"api '{self.api}' is at capacity: {len(ready)} replica(s) x (pod.max_concurrency "
                               f"{pod.max_concurrency} + pod.max_queue_length {pod.max_queue_length}) requests admitted")
         return replica
+
+    async def _wait_ready(self) -> list[WorkerBackend]:
+        """No replica is ready: while one is only out of rotation for now (a failing readiness
+        probe, a container restarting in place) the pool hears nothing of its return, so it is
+        watched here, up to ``ready_wait``; otherwise the pool says when one is ready, or why not."""
+        pool = self.pool
+        deadline = time.monotonic() + pool.config.ready_wait
+        while any(w is not None and w.state in ("unready", "restarting") for w in pool.workers):
+            if pool.ready_workers() or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(RECOVERY_POLL)
+        return pool.ready_workers() or await pool.wait_ready_workers()
 
     def _head(self, scope: Scope, rid: bytes, length: bytes | None, chunked: bool, named: set[bytes]) -> bytes:
         raw = scope.get("raw_path") or scope["path"].encode("latin-1")

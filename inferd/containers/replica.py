@@ -3,14 +3,18 @@
 A replica has its own port (the daemon's pick, standing in for ``pod.port``) and its own
 scratch directory (the seeds' shared ``/mnt``), and runs the pod's containers side by side
 (``ContainerProcess``). It is ready once every readiness probe passed (no probe: once its port
-accepts a connection) and leaves rotation while one fails; a liveness probe failing
-``failure_threshold`` times, or any container exiting, ends the whole replica, and the pool
-starts a new one with its backoff. ``stop`` lets admitted requests finish, runs ``pre_stop``,
-then SIGTERMs every container's process group and SIGKILLs it after the grace period; the
-scratch directory goes with the replica.
+accepts a connection) and leaves rotation while one fails. A container that exits once the
+replica was ready is restarted in place (same port, same scratch directory, the pool's backoff),
+the replica out of rotation until its readiness passes again; a container exiting before that,
+or any exit in a job's replica (``JobRun`` restarts those), or a liveness probe failing
+``failure_threshold`` times, ends the whole replica, and its owner starts a new one. A task's
+replica (``one_shot``) runs until every container exited, or one failed. ``stop`` lets
+admitted requests finish, runs ``pre_stop``, then SIGTERMs every container's process group and
+SIGKILLs it after the grace period; the scratch directory goes with the replica.
 
 Requests reach it over HTTP through the proxy (``inferd.containers.proxy``), which asks
-``admit``: at most ``max_concurrency`` inside, ``max_queue_length`` more waiting.
+``admit``: at most ``max_concurrency`` inside, ``max_queue_length`` more waiting. Async jobs
+and batches are whole POSTs (``call``, ``post``; ``inferd.containers.jobs``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import contextlib
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,32 +32,36 @@ from pathlib import Path
 from typing import Any
 
 from inferd.containers.engine import Engine, kill_argv
-from inferd.containers.launch import ContainerLaunch, ReplicaPlace, plan_container, split_gpus
+from inferd.containers.launch import (
+    ContainerLaunch,
+    JobFiles,
+    ReplicaPlace,
+    free_port,
+    note_unused_image,
+    plan_container,
+    split_gpus,
+)
 from inferd.containers.probes import ProbeState, ProbeTarget, attempt, tcp_socket
 from inferd.containers.process import ContainerProcess
-from inferd.containers.upstream import UpstreamPool
+from inferd.containers.upstream import UpstreamGone, UpstreamPool
 from inferd.logs import get_logger
 from inferd.spec.model import ContainerSpec, PodSpec
 from inferd.worker import protocol
 from inferd.worker.backend import Response, WorkerGone, exit_reason
+from inferd.worker.pool import BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER
 from inferd.worker.stream import StreamCall
 
 DEFAULT_READY_POLL = 0.05  # no readiness probe: how often the port is tried until it accepts
+# out of rotation for now, back once readiness passes (a failing probe, a container restarting)
+RECOVERING = ("starting", "unready", "restarting", "failed")
 FAILED_EXIT_GRACE = 5.0    # a container died: how long its siblings get to stop
-_image_noted: set[tuple[str, str]] = set()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now, picked by the kernel."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class ContainerReplica:
     def __init__(self, api: str, slot: int, pod: PodSpec, env: Mapping[str, str], gpus: tuple[int, ...],
                  project_dir: Path, base_url: str, scratch_root: Path, engine: Engine | None,
-                 on_log: Callable[[str], None] = lambda line: None) -> None:
+                 on_log: Callable[[str], None] = lambda line: None, *, job: JobFiles | None = None,
+                 one_shot: bool = False) -> None:
         self.api = api
         self.slot = slot
         self.gpus = gpus
@@ -75,6 +82,8 @@ class ContainerReplica:
         self._scratch_root = scratch_root
         self._engine = engine
         self._on_log = on_log
+        self._job = job
+        self.one_shot = one_shot  # a task: runs to its end, needs no port or readiness
         self._scratch: Path | None = None
         self._processes: list[ContainerProcess] = []
         self._targets: dict[str, ProbeTarget] = {}
@@ -83,7 +92,11 @@ class ContainerReplica:
         self._idle.set()
         self._ready: asyncio.Future[bool] | None = None
         self._ended: asyncio.Future[None] | None = None  # aborted or stopping: the replica goes
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # liveness probes
+        self._readiness_task: asyncio.Task[None] | None = None
+        self._failures = 0  # quick container exits in a row (their restarts back off)
+        self._healthy_since = 0.0
+        self.restarts: dict[str, int] = {c.name: 0 for c in pod.containers}
         self._teardown: asyncio.Task[None] | None = None
         self._was_ready = False
         self._readiness: list[tuple[str, ProbeState]] = []
@@ -104,14 +117,15 @@ class ContainerReplica:
         self.port = free_port()
         self._scratch_root.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._scratch = Path(tempfile.mkdtemp(prefix=f"{self.api}-{self.slot}-", dir=self._scratch_root))
-        place = ReplicaPlace(self.api, self.port, self._base_url, self._project_dir, self._scratch, self._env)
+        place = ReplicaPlace(self.api, self.port, self._base_url, self._project_dir, self._scratch, self._env,
+                             self._job)
         nonce = secrets.token_hex(3)
         containers = self.pod.containers
         try:
             launches = [plan_container(c, place, gpus, self._engine, self.slot, nonce)
                         for c, gpus in zip(containers, split_gpus(self.gpus, containers), strict=True)]
             for container, launch in zip(containers, launches, strict=True):
-                self._note_image(container, launch)
+                note_unused_image(self.api, container, launch, self.log)
                 process = ContainerProcess(self.api, self.slot, launch, self._on_log)
                 await process.start()
                 self._processes.append(process)
@@ -121,7 +135,10 @@ class ContainerReplica:
             raise
         self.pid = self._processes[0].pid if self._processes else None
         self.upstream = UpstreamPool(self.port)
-        self._tasks.append(loop.create_task(self._become_ready()))
+        if self.one_shot:
+            self._mark(True)  # a task's containers have nothing to be ready for: they run
+        else:
+            self._readiness_task = loop.create_task(self._become_ready())
         for container in containers:
             if container.liveness_probe is not None:
                 self._tasks.append(loop.create_task(self._liveness(container)))
@@ -132,39 +149,88 @@ class ContainerReplica:
         prefix = launch.exec_argv(self._engine, [])
         return ProbeTarget(self.pod.port, self.port, prefix, launch.env, launch.cwd)
 
-    def _note_image(self, container: ContainerSpec, launch: ContainerLaunch) -> None:
-        key = (self.api, container.name)
-        if launch.image_unused and key not in _image_noted:
-            _image_noted.add(key)
-            self.log.warning("container_image_not_used", container=container.name, image=container.image,
-                             detail="no container engine (podman or docker) can run images here: its command "
-                                    "runs as a local process in the project directory")
-
     async def wait_ready(self) -> bool:
         assert self._ready is not None
         return await self._ready
 
     async def wait_exit(self) -> int | None:
-        """Until a container exits or the replica is ended (aborted, stopped); then none is left."""
+        """Until a container exits (a one-shot replica: until all did, or one failed) or the
+        replica is ended (aborted, stopped); then none is left."""
+        assert self._ended is not None
+        first = await self._exit_that_ends()
+        while first is not None and await self._restart_in_place(first):
+            first = await self._exit_that_ends()
+        code: int | None = None
+        if first is not None:
+            code = first.returncode
+            if self.state not in ("stopping",) and self.error is None and not (self.one_shot and code == 0):
+                self.error = await self._exit_text(first, code)
+        await self._finish(FAILED_EXIT_GRACE if self.state != "stopping" else None)
+        return code
+
+    async def _exit_that_ends(self) -> ContainerProcess | None:
+        """The container whose exit ends the replica; None when it was ended first."""
         assert self._ended is not None
         exits: dict[asyncio.Future[Any], ContainerProcess] = {asyncio.ensure_future(p.wait()): p for p in self._processes}
         ended: asyncio.Future[Any] = asyncio.ensure_future(asyncio.shield(self._ended))
         try:
-            done, _ = await asyncio.wait({*exits, ended}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait({*exits, ended}, return_when=asyncio.FIRST_COMPLETED)
+                gone = [exits.pop(w) for w in done if w in exits]
+                if not gone:
+                    return None
+                failed = next((p for p in gone if p.returncode != 0), None)
+                if not self.one_shot or failed is not None or not exits:
+                    return failed or gone[0]
         finally:
             for waiter in (*exits, ended):
                 waiter.cancel()
-        first = next((exits[w] for w in done if w in exits), None)
-        code: int | None = None
-        if first is not None:
-            code = first.returncode
-            if self.state not in ("stopping",) and self.error is None:
-                when = "" if self._was_ready else " before the replica was ready"
-                words = first.last_words()
-                self.error = (f"container {first.name} of api '{self.api}' {exit_reason(code)}{when}"
-                              + (f": {words}" if words else ""))
-        await self._finish(FAILED_EXIT_GRACE if self.state != "stopping" else None)
-        return code
+
+    async def _exit_text(self, process: ContainerProcess, code: int | None) -> str:
+        when = "" if self._was_ready else " before the replica was ready"
+        if self.one_shot:  # a task's error is all its user sees: the tail of its output
+            await process.output_done()
+            words = "\n".join(process.stderr)
+        else:
+            words = process.last_words()
+        return f"container {process.name} of api '{self.api}' {exit_reason(code)}{when}" + (f": {words}" if words else "")
+
+    async def _restart_in_place(self, process: ContainerProcess) -> bool:
+        """A container of a replica that was ready exited: it starts again, with the pool's
+        backoff, on the same port and scratch directory, and the replica is out of rotation
+        until its readiness passes again. False: the replica ends instead (it never was ready, is
+        a job's, whose run restarts workers its own way, or is going)."""
+        assert self._ended is not None
+        if self._job is not None or not self._was_ready or self.state == "stopping" or self._ended.done():
+            return False
+        code = process.returncode
+        self.error = await self._exit_text(process, code)
+        quick = time.monotonic() - self._healthy_since < HEALTHY_AFTER or self.state != "ready"
+        self._failures = self._failures + 1 if quick else 0
+        delay = min(BACKOFF_FIRST * 2 ** (self._failures - 1), BACKOFF_MAX) if self._failures else 0.0
+        # a crash loop answers at once (the pool's 503 with the reason), a first exit lets callers wait
+        self.state = "failed" if self._failures > 1 else "restarting"
+        self.restarts[process.name] += 1
+        if self._readiness_task is not None:
+            self._readiness_task.cancel()  # no probe puts it back in rotation before its container is back
+        self.log.warning("container_restarting", container=process.name, code=code, restart_in=delay, error=self.error)
+        if self.upstream is not None:
+            self.upstream.drop_idle()  # kept-alive connections to a server that is gone
+        await process.terminate(0.0)  # what it started goes with it
+        await self._remove_engine_container(process)
+        await asyncio.wait({asyncio.shield(self._ended)}, timeout=delay)
+        if self._ended.done() or self.state == "stopping":
+            return False
+        fresh = ContainerProcess(self.api, self.slot, process.launch, self._on_log)
+        await fresh.start()
+        if self._ended.done() or self._teardown is not None:  # stopped while it started
+            await fresh.terminate(0.0)
+            return False
+        self._processes[self._processes.index(process)] = fresh
+        self.pid = self._processes[0].pid
+        # probes start over with the container, as in Kubernetes
+        self._readiness_task = asyncio.get_running_loop().create_task(self._become_ready())
+        return True
 
     async def stop(self, timeout: float) -> None:
         """Admitted requests finish (within ``timeout``), pre_stop runs, then the containers get
@@ -203,9 +269,10 @@ class ContainerReplica:
         stopping = self.state == "stopping"
         self.state = "stopping" if stopping else "exited"
         self._settle_ready(False)
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._readiness_task] if self._readiness_task is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.upstream is not None:
             self.upstream.close()
         await asyncio.gather(*(p.terminate(grace) for p in self._processes), return_exceptions=True)
@@ -215,15 +282,15 @@ class ContainerReplica:
         self.log.info("replica_stopped", port=self.port)
 
     async def _remove_engine_containers(self) -> None:
-        if self._engine is None:
+        await asyncio.gather(*(self._remove_engine_container(p) for p in self._processes))
+
+    async def _remove_engine_container(self, process: ContainerProcess) -> None:
+        name = process.launch.engine_name
+        if self._engine is None or name is None:
             return
-        for process in self._processes:
-            name = process.launch.engine_name
-            if name is None:
-                continue
-            proc = await asyncio.create_subprocess_exec(*kill_argv(self._engine, name), stdin=subprocess.DEVNULL,
-                                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            await proc.wait()
+        proc = await asyncio.create_subprocess_exec(*kill_argv(self._engine, name), stdin=subprocess.DEVNULL,
+                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await proc.wait()
 
     def _remove_scratch(self) -> None:
         if self._scratch is not None:
@@ -284,9 +351,9 @@ class ContainerReplica:
             await asyncio.sleep(state.timing.period)
 
     def _mark(self, ready: bool) -> None:
-        if ready and self.state in ("starting", "unready"):
+        if ready and self.state in RECOVERING:
             self.state, self._was_ready = "ready", True
-            self.error = None
+            self._healthy_since = time.monotonic()
             self._settle_ready(True)
             self.log.info("replica_ready", port=self.port)
         elif not ready and self.state == "ready":
@@ -310,9 +377,13 @@ class ContainerReplica:
         """A place inside or in the queue; False when both are full."""
         if self.in_flight >= self.capacity:
             return False
+        self.admit_unbounded()
+        return True
+
+    def admit_unbounded(self) -> None:
+        """Counted in flight (a stop drains it) though no admission applies (queue consumers)."""
         self.in_flight += 1
         self._idle.clear()
-        return True
 
     async def enter(self) -> None:
         """After ``admit``: wait for one of the ``max_concurrency`` places (``leave`` in any case)."""
@@ -325,21 +396,35 @@ class ContainerReplica:
         if self.in_flight == 0:
             self._idle.set()
 
-    # -- the worker protocol (Python workers only) -------------------------------------------
+    # -- whole requests: async jobs, batches -------------------------------------------------
 
     async def call(self, call: protocol.Call) -> Response:
-        raise WorkerGone(f"api '{self.api}' runs containers, reached over HTTP")
+        """An async job: ``POST /`` with its body, Content-Type and ``X-Cortex-Request-ID``."""
+        headers = [("content-type", call.content_type)] if call.content_type else []
+        body = call.body if isinstance(call.body, bytes) else b"".join(call.body)
+        return await self.post("/", [*headers, ("x-cortex-request-id", call.rid)], body)
+
+    async def post(self, path: str, headers: list[tuple[str, str]], body: bytes) -> Response:
+        """One whole POST to the replica's port; ``WorkerGone`` when it is gone or hung up. The
+        caller bounds how many are inside at once (``max_concurrency`` consumers)."""
+        if self.upstream is None or self.state in ("exited", "stopping"):
+            raise WorkerGone(f"replica {self.slot} of api '{self.api}' is gone: {self.error or self.state}")
+        self.admit_unbounded()
+        try:
+            status, answer_headers, answer = await self.upstream.exchange("POST", path, headers, body)
+        except UpstreamGone as exc:
+            raise WorkerGone(f"replica {self.slot} (port {self.port}) of api '{self.api}': {exc}") from None
+        finally:
+            self.leave(False)
+        return Response(status, [[k.decode("latin-1"), v.decode("latin-1")] for k, v in answer_headers], answer, None)
 
     def open_stream(self, opened: protocol.Open) -> StreamCall:
-        raise WorkerGone(f"api '{self.api}' runs containers, reached over HTTP")
+        raise WorkerGone(f"api '{self.api}' runs containers, reached over HTTP, not the worker protocol")
 
     def describe(self) -> dict[str, Any]:
         return {"slot": self.slot, "pid": self.pid, "state": self.state, "gpus": list(self.gpus),
                 "in_flight": self.in_flight, "error": self.error, "port": self.port,
-                "containers": [{"name": p.name, "pid": p.pid, "running": p.running,
+                "containers": [{"name": p.name, "pid": p.pid, "running": p.running, "restarts": self.restarts[p.name],
                                 "engine_container": p.launch.engine_name} for p in self._processes]}
 
-
-def scratch_root(state_dir: Path) -> Path:
-    return state_dir / "scratch"
 

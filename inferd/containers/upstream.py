@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from typing import cast
 
 import httptools
@@ -194,7 +195,36 @@ class UpstreamPool:
         else:
             self._idle.append(conn)
 
-    def close(self) -> None:
-        self.closed = True
+    def drop_idle(self) -> None:
+        """Close the kept-alive connections (their server went away); the pool stays open."""
         while self._idle:
             self._idle.pop().close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.drop_idle()
+
+    async def exchange(self, method: str, path: str, headers: Sequence[tuple[str, str]],
+                       body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One whole request and its whole answer (async jobs, batches): status, headers (names
+        lower-cased), body. ``UpstreamGone`` when the replica is unreachable or hung up."""
+        lines = [f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        lines.append(f"content-length: {len(body)}\r\n\r\n")
+        request = "".join(lines).encode("latin-1") + body
+        for attempt in (1, 2):
+            conn = await self.connect(head_only=method == "HEAD")
+            try:
+                conn.write(request)
+                await conn.head
+                chunks = []
+                while (data := await conn.read_body()) is not None:
+                    chunks.append(data)
+            except UpstreamGone:
+                conn.close()
+                if attempt == 1 and conn.reused and not conn.got_bytes:
+                    continue  # a keep-alive connection the replica closed as we reused it: once more, afresh
+                raise
+            self.release(conn)
+            return conn.status, conn.headers, b"".join(chunks)
+        raise AssertionError("unreachable")

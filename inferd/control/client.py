@@ -87,6 +87,19 @@ def status_table(reply: Any) -> str:
     return "\n".join(lines) + status_progress([json.loads(a.detail_json) for a in reply.apis]) + footer
 
 
+def model_lines(models: dict[str, Any]) -> list[str]:
+    """multi_model_reloading: each model's versions, those in memory, and the ones that failed."""
+    def listed(versions: list[int]) -> str:
+        return ", ".join(map(str, versions)) or "none"
+
+    lines = []
+    for name, model in models.items():
+        lines.append(f"  model {name}: latest {model.get('latest') or '-'}, loaded {listed(model.get('loaded', []))}, "
+                     f"versions {listed(model.get('versions', []))}")
+        lines.extend(f"    version {version} failed: {error}" for version, error in model.get("failed", {}).items())
+    return lines
+
+
 def status_detail(reply: Any) -> str:
     api = reply.apis[0]
     detail = json.loads(api.detail_json)
@@ -104,6 +117,7 @@ def status_detail(reply: Any) -> str:
     for worker in detail.get("workers", []):
         lines.append(f"  worker slot {worker['slot']}: pid {worker['pid']} {worker['state']} "
                      f"gpus {worker['gpus'] or '-'} in flight {worker['in_flight']}")
+    lines.extend(model_lines(detail.get("models") or {}))
     lines.append(f"last error: {api.last_error or '-'}")
     if api.recent_errors:
         lines.append("recent errors:")

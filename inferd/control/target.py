@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inferd.gpu import GpuRequest, assign_gpus, hinted_gpus, read_inventory
 from inferd.grpc.services import compile_project
-from inferd.kinds import unsupported_reason
+from inferd.kinds import has_workers, unsupported_reason
 from inferd.logbook import LogBook
 from inferd.metrics import Metrics
 from inferd.reload import ReloadReport
-from inferd.spec import SpecError, SpecIssue, load_project
+from inferd.spec import ApiSpec, SpecError, SpecIssue, load_project
 from inferd.worker.handler_class import constructor_problem
 
 
@@ -56,11 +57,28 @@ def validate(project_dir: Path) -> Validation:
     for api in project.apis:
         reason = unsupported_reason(api)
         if reason is None and api.handler is not None:
-            reason = constructor_problem(project.project_dir / api.handler.path, api.kind)
+            reason = constructor_problem(project.project_dir / api.handler.path, api.kind,
+                                         api.handler.multi_model_reloading is not None)
         if reason is not None:
             blocked[api.name] = str(SpecIssue(label, api.line, "", f"api {json.dumps(api.name)}: {reason}"))
+    shortfalls = gpu_shortfalls([api for api in project.apis if api.name not in blocked])
+    for api in project.apis:
+        if api.name in shortfalls:
+            blocked[api.name] = str(SpecIssue(label, api.line, "compute.gpu", shortfalls[api.name]))
     return Validation(project.config_file, [], list(blocked.values()), list(project.ignored),
                       [api.name for api in project.apis if api.name not in blocked])
+
+
+def gpu_shortfalls(apis: list[ApiSpec]) -> dict[str, str]:
+    """APIs asking for more GPUs per replica than this machine has, as the daemon would refuse
+    them (``inferd validate`` runs where the daemon will: it reads the same NVML inventory)."""
+    wanting = [api for api in apis if api.gpus_per_replica and has_workers(api.kind)]
+    if not wanting:
+        return {}
+    inventory = read_inventory()
+    requests = [GpuRequest(api.name, api.replicas, api.processes_per_replica,
+                           hinted_gpus(api.gpus_per_replica, len(inventory), api.gpu_hint)[0]) for api in wanting]
+    return dict(assign_gpus(inventory, requests).errors)
 
 
 def recent_errors(lines: list[str], keep: int = 5) -> list[str]:

@@ -1,18 +1,22 @@
 """``AsyncDispatcher``: one AsyncAPI's queued jobs, fed to its workers in submission order.
 
 One consumer per worker slot, each running one job at a time (Cortex ran one workload per
-replica). A job whose worker dies goes back to the queue once; the store fails it on its
-second interruption, so a poison job cannot kill workers forever.
+replica); a container replica takes ``pod.max_concurrency`` consumers. A reply is the job's
+result when it is 200 (a container's must also be JSON: ``check``). A job whose worker dies
+goes back to the queue once; the store fails it on its second interruption, so a poison job
+cannot kill workers forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 from inferd.logs import get_logger
 from inferd.store import AsyncJobStore, Job, UnknownJob
 from inferd.worker import protocol
+from inferd.worker.backend import Response
 from inferd.worker.pool import ApiUnavailable, CallTimedOut, WorkerDied, WorkerPool
 
 log = get_logger()
@@ -27,11 +31,14 @@ def reply_error(body: bytes) -> str:
 
 
 class AsyncDispatcher:
-    def __init__(self, api: str, store: AsyncJobStore, pool: WorkerPool, slots: int) -> None:
+    def __init__(self, api: str, store: AsyncJobStore, pool: WorkerPool, slots: int, per_slot: int = 1,
+                 check: Callable[[Response], str | None] | None = None) -> None:
         self.api = api
         self.store = store
         self.pool = pool
         self.slots = slots
+        self.per_slot = per_slot  # jobs one worker runs at once
+        self.check = check        # why a reply is no result (None: it is), beyond its status
         self.stopping = False
         self._wakeup = asyncio.Event()
         self._consumers: list[asyncio.Task[None]] = []
@@ -40,7 +47,8 @@ class AsyncDispatcher:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._consumers = [loop.create_task(self._consume(slot)) for slot in range(self.slots)]
+        self._consumers = [loop.create_task(self._consume(slot)) for slot in range(self.slots)
+                           for _ in range(self.per_slot)]
 
     def notify(self) -> None:
         """A job was submitted: wake an idle consumer now instead of at its next poll."""
@@ -71,7 +79,13 @@ class AsyncDispatcher:
                 await asyncio.sleep(IDLE_POLL)
 
     async def _step(self, slot: int) -> None:
-        await self.pool.wait_slot_ready(slot)
+        worker = self.pool.workers[slot]
+        if worker is None or worker.state != "ready":
+            try:
+                # bounded: a container replica back in rotation (restarted in place) is no pool event
+                await asyncio.wait_for(self.pool.wait_slot_ready(slot), IDLE_POLL)
+            except TimeoutError:
+                return
         self._wakeup.clear()
         self._claims += 1
         try:
@@ -99,10 +113,14 @@ class AsyncDispatcher:
             log.warning("async_job_interrupted", api=self.api, request_id=job.id, error=str(exc), status=status)
             return
         try:
-            if reply.status == 200:
+            if self.check is not None:
+                problem = self.check(reply)
+            else:
+                problem = None if reply.status == 200 else reply_error(reply.body)
+            if problem is None:
                 await self.store.complete(job.id, reply.body)
             else:
-                await self.store.fail(job.id, reply_error(reply.body))
-                log.info("async_job_failed", api=self.api, request_id=job.id, status=reply.status)
+                await self.store.fail(job.id, problem)
+                log.info("async_job_failed", api=self.api, request_id=job.id, status=reply.status, error=problem)
         except UnknownJob:
             log.warning("async_job_vanished", api=self.api, request_id=job.id)  # swept while running

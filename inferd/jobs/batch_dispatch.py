@@ -1,10 +1,11 @@
 """``JobRun``: one BatchAPI or TaskAPI job, from its GPUs to its final status.
 
-A job's workers exist only while it runs: ``workers`` ``WorkerProcess``es (the kind's runner,
-the job spec file named in ``CORTEX_JOB_SPEC``/``CORTEX_TASK_SPEC``), each with its own
-consumer. A BatchAPI consumer claims one batch at a time from the store and sends it as
-``batch.run``; the store counts attempts, so a failed batch is queued again until its job's
-``max_receive_count`` and then counted failed. Once every batch has finished, exactly one
+A job's workers exist only while it runs: ``workers`` workers from the launch's ``JobWorkers``
+(inferd's worker processes running the kind's runner, or replicas of the user's containers; the
+job spec file named in ``CORTEX_JOB_SPEC``/``CORTEX_TASK_SPEC``), each with its own consumer.
+A BatchAPI consumer claims one batch at a time from the store and sends it as ``batch.run``
+(``JobWorkers.send``); the store counts attempts, so a failed batch is queued again until its
+job's ``max_receive_count`` and then counted failed. Once every batch has finished, exactly one
 consumer wins ``claim_on_job_complete`` and runs ``batch.complete`` on its worker; the job is
 then ``succeeded``/``completed_with_failures`` (``complete()``), or ``worker_error`` when
 on_job_complete raised. A TaskAPI job is one ``task.run`` call.
@@ -24,10 +25,17 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from inferd.gpu import visible_devices_env
-from inferd.jobs.batch_launch import JobLaunch, batch_body, either, failure_text, oom_text, reply_of, write_spec
+from inferd.jobs.batch_launch import (
+    COMPLETE_METHOD,
+    RUN_METHOD,
+    TASK_METHOD,
+    JobLaunch,
+    Outcome,
+    either,
+    oom_text,
+    write_spec,
+)
 from inferd.jobs.job_gpus import GpuLedger
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
@@ -44,16 +52,12 @@ from inferd.store.batch import (
     BatchJobStore,
 )
 from inferd.store.jobs import utc_now
-from inferd.worker import protocol
-from inferd.worker.backend import WorkerGone, exit_reason
-from inferd.worker.process import WorkerProcess
-from inferd.worker.stream import StreamCall
+from inferd.worker.backend import WorkerBackend, WorkerGone, exit_reason
 
 log = get_logger()
 MAX_RESTARTS = 3     # per worker slot: a worker that keeps dying ends the job worker_error
 IDLE_POLL = 1.0      # an idle consumer looks again this often, in case a wake-up was missed
 GPU_POLL = 5.0
-TASK_METHOD, RUN_METHOD, COMPLETE_METHOD = "task.run", "batch.run", "batch.complete"
 
 
 class JobEnded(Exception):
@@ -77,7 +81,7 @@ class JobRun:
         self.ledger = ledger
         self.on_done = on_done
         self.worker_states = ["pending"] * job.workers  # Cortex's worker_counts, per slot
-        self.workers: list[WorkerProcess | None] = [None] * job.workers
+        self.workers: list[WorkerBackend | None] = [None] * job.workers
         self.ended: asyncio.Future[str] | None = None
         self.draining = False  # the daemon is stopping: finish the batch in hand, claim no more
         self._killed: set[int] = set()  # pids inferd killed: their SIGKILL is no OOM
@@ -200,7 +204,7 @@ class JobRun:
         shutil.rmtree(self.launch.jobs_dir / self.id, ignore_errors=True)
         self.on_done(self.id)
 
-    def _kill(self, worker: WorkerProcess | None) -> None:
+    def _kill(self, worker: WorkerBackend | None) -> None:
         if worker is not None and worker.pid is not None:
             self._killed.add(worker.pid)
             worker.kill()
@@ -208,12 +212,10 @@ class JobRun:
     # -- one worker slot ---------------------------------------------------------------------
 
     async def _slot(self, slot: int, gpus: tuple[int, ...], spec_path: Path) -> None:
-        env = {**self.launch.env, **visible_devices_env(gpus), **dict.fromkeys(self.launch.spec_envs, str(spec_path))}
         assert self.ended is not None
         restarts = 0
         while not self.ended.done():
-            worker = WorkerProcess(self.launch.api, slot, self.launch.init, env, self.launch.cwd, gpus,
-                                   self.launch.on_metric, self.launch.on_log)
+            worker = self.launch.workers.create(slot, gpus, spec_path)
             self.workers[slot] = worker
             self.worker_states[slot] = "initializing"
             try:
@@ -239,7 +241,7 @@ class JobRun:
                     return
                 self.log.warning("job_worker_restarting", slot=slot, reason=str(lost), restart=restarts)
 
-    async def _serve(self, worker: WorkerProcess) -> None:
+    async def _serve(self, worker: WorkerBackend) -> None:
         await worker.start()
         loop = asyncio.get_running_loop()
         exited = loop.create_task(worker.wait_exit())
@@ -260,7 +262,7 @@ class JobRun:
             if not exited.done():
                 exited.cancel()
 
-    async def _constructor_failed(self, worker: WorkerProcess, exited: asyncio.Task[int | None]) -> None:
+    async def _constructor_failed(self, worker: WorkerBackend, exited: asyncio.Task[int | None]) -> None:
         code = await exited
         if code == -signal.SIGKILL and worker.pid not in self._killed:
             raise WorkerLost(oom_text(worker, code), oom=True)
@@ -271,7 +273,7 @@ class JobRun:
         await self._finish(WORKER_ERROR, detail)  # a constructor that raises would raise again
         raise JobEnded()
 
-    async def _heartbeat(self, worker: WorkerProcess, exited: asyncio.Task[int | None]) -> None:
+    async def _heartbeat(self, worker: WorkerBackend, exited: asyncio.Task[int | None]) -> None:
         interval = min(1.0, self.launch.liveness_timeout / 4)
         while not exited.done():
             worker.ping()
@@ -284,31 +286,24 @@ class JobRun:
                              f"{self.launch.liveness_timeout:g}s): the worker is hung")
                 return
 
-    async def _call(self, worker: WorkerProcess, method: str, body: bytes,
-                    exited: asyncio.Task[int | None]) -> tuple[protocol.End, dict[str, Any]]:
+    async def _call(self, worker: WorkerBackend, method: str, batch: Batch | None,
+                    exited: asyncio.Task[int | None]) -> Outcome:
         """One call on ``worker``; ``WorkerLost`` when the worker died under it."""
-        stream: StreamCall | None
         try:
-            stream = worker.open_stream(protocol.Open(0, self.id, method, body=body))
+            return await self.launch.workers.send(worker, self.id, method, batch, exited)
         except WorkerGone:
-            stream = None
-        if stream is not None:
-            await stream.single()
-            end = stream.end
-            assert end is not None
-            if end.code != protocol.UNAVAILABLE:  # UNAVAILABLE: the worker went away under the call
-                return end, reply_of(end)
+            pass
         code = await exited
         raise WorkerLost(oom_text(worker, code) if self._oom(worker, code) else
                          f"worker {worker.pid} {worker.error or exit_reason(code)} while running {method}",
                          oom=self._oom(worker, code))
 
-    def _oom(self, worker: WorkerProcess, code: int | None) -> bool:
+    def _oom(self, worker: WorkerBackend, code: int | None) -> bool:
         return code == -signal.SIGKILL and worker.pid not in self._killed
 
     # -- BatchAPI ----------------------------------------------------------------------------
 
-    async def _consume(self, worker: WorkerProcess, exited: asyncio.Task[int | None]) -> None:
+    async def _consume(self, worker: WorkerBackend, exited: asyncio.Task[int | None]) -> None:
         worker_id = f"{self.id}/{worker.slot}/{worker.pid}"
         succeeded: int | None = None  # the last batch, its success not yet written
         while not self.draining:
@@ -326,16 +321,16 @@ class JobRun:
                 continue
             batch = claimed[0]
             try:
-                end, reply = await self._call(worker, RUN_METHOD, batch_body(batch), exited)
+                outcome = await self._call(worker, RUN_METHOD, batch, exited)
             except WorkerLost as lost:
                 await self._batch_failed(batch, str(lost))
                 raise
-            if end.code == protocol.OK:
+            if outcome.ok:
                 succeeded = batch.index
                 self._batches.labels(self.launch.api, "succeeded").inc()
-                self._duration.observe(float(reply.get("seconds") or 0.0))
+                self._duration.observe(float(outcome.seconds or 0.0))
             else:
-                await self._batch_failed(batch, failure_text(reply, end))
+                await self._batch_failed(batch, outcome.error)
         if succeeded is not None:  # draining: the last success is written before the worker goes
             await self.store.succeed_batch(self.id, succeeded)
             self._progress.set()
@@ -348,7 +343,7 @@ class JobRun:
                          error=error.split("\n", 1)[0])
         self._progress.set()
 
-    async def _idle(self, worker: WorkerProcess, exited: asyncio.Task[int | None]) -> bool:
+    async def _idle(self, worker: WorkerBackend, exited: asyncio.Task[int | None]) -> bool:
         """Nothing to claim. True once the job is over for this consumer: every batch finished
         and on_job_complete ran (here or on another worker)."""
         assert self.ended is not None
@@ -361,14 +356,14 @@ class JobRun:
         if not await self.store.claim_on_job_complete(self.id):
             await asyncio.wait({self.ended}, timeout=IDLE_POLL)
             return self.ended.done() or not (await self._still_running())
-        end, reply = await self._call(worker, COMPLETE_METHOD, b"", exited)
-        if end.code == protocol.OK:
+        outcome = await self._call(worker, COMPLETE_METHOD, None, exited)
+        if outcome.ok:
             await self.store.record_on_job_complete(self.id)
             status = await self.store.complete(self.id)
-            self.log.info("job_finished", status=status, on_job_complete=reply.get("ran", False))
+            self.log.info("job_finished", status=status, on_job_complete=outcome.ran)
             self._end("completed")
         else:
-            error = "on_job_complete failed: " + failure_text(reply, end)
+            error = "on_job_complete failed: " + outcome.error
             await self.store.record_on_job_complete(self.id, error)
             await self._finish(WORKER_ERROR, error)
         return True
@@ -379,13 +374,13 @@ class JobRun:
 
     # -- TaskAPI -----------------------------------------------------------------------------
 
-    async def _task_call(self, worker: WorkerProcess, exited: asyncio.Task[int | None]) -> None:
-        end, reply = await self._call(worker, TASK_METHOD, b"", exited)
-        if end.code == protocol.OK:
+    async def _task_call(self, worker: WorkerBackend, exited: asyncio.Task[int | None]) -> None:
+        outcome = await self._call(worker, TASK_METHOD, None, exited)
+        if outcome.ok:
             if await self.store.finish(self.id, SUCCEEDED):
-                self.log.info("job_finished", status=SUCCEEDED, seconds=reply.get("seconds"))
+                self.log.info("job_finished", status=SUCCEEDED, seconds=outcome.seconds)
             self._end("completed")
         else:
             self.worker_states[worker.slot] = "failed"
-            await self._finish(WORKER_ERROR, failure_text(reply, end))
+            await self._finish(WORKER_ERROR, outcome.error)
         raise JobEnded()

@@ -1,5 +1,6 @@
-"""What a job's workers are started with, and the small pure pieces of running them: the
-``batch.run`` body, reading an ``End``, the job spec file."""
+"""What a job's workers are started with and how work reaches them (``JobWorkers``: inferd's
+worker processes here, the user's containers in ``inferd.containers.jobs``), and the small pure
+pieces of running them: the ``batch.run`` body, reading an ``End``, the job spec file."""
 
 from __future__ import annotations
 
@@ -9,30 +10,79 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from inferd.gpu import visible_devices_env
 from inferd.store.batch import Batch, BatchJob
 from inferd.worker import protocol
-from inferd.worker.backend import exit_reason
+from inferd.worker.backend import WorkerBackend, WorkerGone, exit_reason
 from inferd.worker.process import WorkerProcess
+
+TASK_METHOD, RUN_METHOD, COMPLETE_METHOD = "task.run", "batch.run", "batch.complete"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one batch, on_job_complete or task went on a live worker."""
+
+    ok: bool
+    error: str = ""                # what went wrong, when not ok
+    seconds: float | None = None   # how long the handler took
+    ran: bool = False              # on_job_complete: the API has one, and it ran
+
+
+class JobWorkers(Protocol):
+    """How one API's job workers start, and how a batch, on_job_complete or the task reaches one."""
+
+    def create(self, slot: int, gpus: tuple[int, ...], spec_path: Path) -> WorkerBackend: ...
+
+    async def send(self, worker: WorkerBackend, job_id: str, method: str, batch: Batch | None,
+                   exited: asyncio.Task[int | None]) -> Outcome:
+        """``method`` (``RUN_METHOD`` with ``batch``, ``COMPLETE_METHOD``, ``TASK_METHOD``) on
+        ``worker``; ``WorkerGone`` when the worker went away under it (``exited`` then ends)."""
+        ...
 
 
 @dataclass(frozen=True)
 class JobLaunch:
-    """How one API's job workers are started (built by its kind from the API's spec)."""
+    """How one API's jobs run (built by its kind from the API's spec)."""
 
     api: str
     single_call: bool               # TaskAPI: one task.run, no batches, no worker restarts
-    init: protocol.Init
-    env: dict[str, str]             # without GPU pinning or the spec file
-    cwd: str
+    workers: JobWorkers
     gpus_per_worker: int
-    spec_envs: tuple[str, ...]      # the variables naming the job spec file
     jobs_dir: Path                  # <state>/jobs/<api>
     liveness_timeout: float
     stop_timeout: float
+
+
+@dataclass(frozen=True)
+class PythonJobWorkers:
+    """inferd's own worker processes running the kind's runner (``handle_batch``, ``Task``)."""
+
+    api: str
+    init: protocol.Init
+    env: dict[str, str]             # without GPU pinning or the spec file
+    cwd: str
+    spec_envs: tuple[str, ...]      # the variables naming the job spec file
     on_metric: Callable[[dict[str, Any]], None]
     on_log: Callable[[str], None]
+
+    def create(self, slot: int, gpus: tuple[int, ...], spec_path: Path) -> WorkerBackend:
+        env = {**self.env, **visible_devices_env(gpus), **dict.fromkeys(self.spec_envs, str(spec_path))}
+        return WorkerProcess(self.api, slot, self.init, env, self.cwd, gpus, self.on_metric, self.on_log)
+
+    async def send(self, worker: WorkerBackend, job_id: str, method: str, batch: Batch | None,
+                   exited: asyncio.Task[int | None]) -> Outcome:
+        stream = worker.open_stream(protocol.Open(0, job_id, method, body=batch_body(batch) if batch else b""))
+        await stream.single()
+        end = stream.end
+        assert end is not None
+        if end.code == protocol.UNAVAILABLE:  # the worker went away under the call
+            raise WorkerGone(end.details)
+        reply = reply_of(end)
+        ok = end.code == protocol.OK
+        return Outcome(ok, "" if ok else failure_text(reply, end), reply.get("seconds"), bool(reply.get("ran", False)))
 
 
 def batch_body(batch: Batch) -> bytes:
@@ -71,6 +121,6 @@ def either(*futures: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:
     return set(futures)
 
 
-def oom_text(worker: WorkerProcess, code: int | None) -> str:
+def oom_text(worker: WorkerBackend, code: int | None) -> str:
     return (f"worker {worker.pid} was killed by SIGKILL, which inferd did not send: most likely the kernel's "
             f"OOM killer (the worker ran out of memory) [{exit_reason(code)}]")

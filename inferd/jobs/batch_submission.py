@@ -24,6 +24,8 @@ from typing import Any
 
 import fsspec  # type: ignore[import-untyped]  # ships no types
 
+from inferd.spec.stores import backend_need
+
 MAX_BODY_BYTES = 10 << 20  # the operator's http.MaxBytesReader limit
 MAX_ITEM_BYTES = 250 * 1024  # an SQS message less 6 KiB kept for attributes
 DEFAULT_MAX_RECEIVE_COUNT = 2  # no dead letter queue: a failed batch is retried once
@@ -31,8 +33,6 @@ BATCH_API, TASK_API = "BatchAPI", "TaskAPI"
 SOURCE_KEYS = ("item_list", "file_path_lister", "delimited_files")
 BATCH_SCHEMA_HINT = "\n\njob submission schema can be found at https://docs.cortex.dev/v/0.35/"
 TASK_SCHEMA_HINT = "\n\ntask job submission schema can be found at https://docs.cortex.dev/v/0.35/"
-# fsspec backends a user installs for object stores, by URL scheme
-BACKEND_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
 _MAX_INT64 = 2**63 - 1
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -407,8 +407,7 @@ def _filesystem(key: str, path: str) -> tuple[Any, str]:
     try:
         fs, root = fsspec.core.url_to_fs(path)
     except ImportError as exc:
-        package = BACKEND_PACKAGES.get(scheme)
-        need = f"the {package} package (pip install {package})" if package else f"an fsspec backend for {scheme}:// ({exc})"
+        need = backend_need(scheme, str(exc))
         raise SubmissionError("error", f"{key}: {path}: reading {scheme}:// paths needs {need}") from None
     except ValueError as exc:  # "Protocol not known"
         raise SubmissionError("error", f"{key}: {path}: {exc}") from None

@@ -48,3 +48,9 @@ def unsupported_reason(api: ApiSpec) -> str | None:
 def needs_store(names: list[str]) -> bool:
     """Whether any of these kinds keeps jobs in the job store."""
     return any(kind is not None and kind.needs_store for kind in map(get_kind, names))
+
+
+def has_workers(name: str) -> bool:
+    """Whether APIs of this kind run worker processes of their own (a splitter does not)."""
+    kind = get_kind(name)
+    return kind is not None and kind.has_workers

@@ -120,8 +120,8 @@ class ApiRuntime:
 
 def pods_refused(api: ApiSpec) -> str:
     """What a kind that cannot run containers yet says of an API with ``pod.containers``."""
-    return (f"{api.kind} APIs with pod.containers are not supported by this version of inferd yet "
-            "(container RealtimeAPIs are; container AsyncAPI, BatchAPI and TaskAPI are not yet)")
+    return (f"{api.kind} APIs with pod.containers are not supported by inferd "
+            "(container RealtimeAPI, AsyncAPI, BatchAPI and TaskAPI are)")
 
 
 class Kind(ABC):

@@ -2,7 +2,9 @@
 ``GET``/``DELETE /<endpoint>?jobID=<id>`` report and stop it (``inferd.http.batch``). The API
 has no standing workers: each job starts its own ``workers`` worker processes and stops them
 when it ends (``inferd.jobs.batch_dispatch``), so an API with no running job is ready.
-TaskAPI (``inferd.kinds.task``) is the same with a ``definition`` block and one ``task.run``."""
+TaskAPI (``inferd.kinds.task``) is the same with a ``definition`` block and one ``task.run``.
+With ``pod.containers`` a job's workers are replicas of the user's containers
+(``inferd.containers.jobs``) instead of inferd's worker processes."""
 
 from __future__ import annotations
 
@@ -11,17 +13,21 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from inferd.containers.engine import find_engine
+from inferd.containers.jobs import ContainerJobWorkers
+from inferd.containers.launch import BASE_URL_ENV, scratch_root
 from inferd.http.batch import JobEndpoint
 from inferd.http.cors import with_cors
 from inferd.http.routing import BaseRoute, Mount
 from inferd.jobs.batch_jobs import JobManager
-from inferd.jobs.batch_launch import JobLaunch
+from inferd.jobs.batch_launch import JobLaunch, JobWorkers, PythonJobWorkers
 from inferd.jobs.job_gpus import LEDGER
 from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, Peers
+from inferd.kinds.containers import base_url, unrunnable
 from inferd.spec import ApiSpec, ProjectSpec
 from inferd.spec.model import HandlerSpec, plain
 from inferd.store.batch import BatchJobStore
-from inferd.worker.launch import init_message, read_dotenv, worker_environment
+from inferd.worker.launch import container_slots, init_message, read_dotenv, worker_environment
 
 RUNNER = "inferd.worker.runners.batch:BatchRunner"
 
@@ -59,6 +65,11 @@ class BatchKind(Kind):
     spec_envs: tuple[str, ...] = ("CORTEX_JOB_SPEC",)
     batched = True  # jobs are cut into batches (a TaskAPI's job is one call)
 
+    def unsupported(self, api: ApiSpec) -> str | None:
+        if api.pod is not None:
+            return unrunnable(api)
+        return super().unsupported(api)
+
     def code(self, api: ApiSpec) -> HandlerSpec | None:
         """The block that names the user's code, as the worker launch reads it."""
         return api.handler
@@ -67,28 +78,53 @@ class BatchKind(Kind):
         return RUNNER, {}
 
     def launch(self, runtime: ApiRuntime, context: KindContext) -> JobLaunch:
-        """How this API's job workers start: the same init frame and environment as any worker."""
+        """How this API's jobs start their workers: inferd's worker processes (the same init
+        frame and environment as any worker) or replicas of the API's containers."""
         settings = context.settings
-        api = dataclasses.replace(runtime.spec, handler=self.code(runtime.spec))
-        project_dir = settings.project
-        project = ProjectSpec(project_dir, project_dir / "cortex.yaml", (api,))
-        runner, options = self.runner(runtime, context)
-        init = init_message(project, api, runner, options, settings.max_body_size)
-        env = worker_environment(os.environ, project, api, read_dotenv(project_dir), ())
-        metrics, name = context.metrics, api.name
+        workers = (self._containers(runtime, context) if runtime.spec.pod is not None
+                   else self._processes(runtime, context))
         return JobLaunch(
-            api=name, single_call=not self.batched, init=init, env=env, cwd=str(project_dir),
-            gpus_per_worker=api.compute.gpu, spec_envs=self.spec_envs,
-            jobs_dir=settings.state_dir / "jobs" / name,
+            api=runtime.name, single_call=not self.batched, workers=workers,
+            gpus_per_worker=runtime.spec.compute.gpu, jobs_dir=settings.state_dir / "jobs" / runtime.name,
             liveness_timeout=settings.worker_liveness_timeout, stop_timeout=settings.shutdown_grace_period,
-            on_metric=lambda frame: metrics.record_user(name, frame),
-            on_log=lambda line: context.on_log(name, line),
         )
+
+    def _project(self, runtime: ApiRuntime, context: KindContext) -> ProjectSpec:
+        project_dir = context.settings.project
+        api = dataclasses.replace(runtime.spec, handler=self.code(runtime.spec))
+        return ProjectSpec(project_dir, project_dir / "cortex.yaml", (api,))
+
+    def _processes(self, runtime: ApiRuntime, context: KindContext) -> JobWorkers:
+        project = self._project(runtime, context)
+        api = project.apis[0]
+        runner, options = self.runner(runtime, context)
+        init = init_message(project, api, runner, options, context.settings.max_body_size)
+        # the chaining URL in job workers too, as in every standing worker and container
+        base = {**os.environ, BASE_URL_ENV: base_url(context.settings)}
+        env = worker_environment(base, project, api, read_dotenv(project.project_dir), ())
+        metrics, name = context.metrics, api.name
+        return PythonJobWorkers(api=name, init=init, env=env, cwd=str(project.project_dir), spec_envs=self.spec_envs,
+                                on_metric=lambda frame: metrics.record_user(name, frame),
+                                on_log=lambda line: context.on_log(name, line))
+
+    def _containers(self, runtime: ApiRuntime, context: KindContext) -> JobWorkers:
+        pod, name, settings = runtime.spec.pod, runtime.name, context.settings
+        assert pod is not None
+        project = self._project(runtime, context)
+        env = container_slots(os.environ, project, [()])[0].env
+        return ContainerJobWorkers(api=name, pod=pod, env=env, project_dir=project.project_dir,
+                                   base_url=base_url(settings), scratch_root=scratch_root(settings.state_dir),
+                                   engine=find_engine(), spec_envs=self.spec_envs, one_shot=not self.batched,
+                                   on_log=lambda line: context.on_log(name, line))
 
     def api_spec(self, api: ApiSpec) -> dict[str, Any]:
         """The ``api_spec`` of a job status answer: the API's entry as inferd read it."""
-        code = "definition" if api.definition is not None else "handler"
-        block = api.definition if api.definition is not None else api.handler
+        block: Any = api.handler
+        code = "handler"
+        if api.definition is not None:
+            code, block = "definition", api.definition
+        elif api.pod is not None:
+            code, block = "pod", api.pod
         return {"name": api.name, "kind": api.kind, code: plain(block), "compute": plain(api.compute),
                 "networking": plain(api.networking)}
 

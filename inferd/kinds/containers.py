@@ -1,12 +1,14 @@
 """The container-backed form of a kind (``pod.containers``): what the kinds share to run the
-user's own web server. RealtimeAPI serves it now; the other kinds refuse pods (``base.pods_refused``)."""
+user's own web server. RealtimeAPI and AsyncAPI run a pool of ``ContainerReplica``s
+(``container_backend``); BatchAPI and TaskAPI start replicas per job (``inferd.containers.jobs``)."""
 
 from __future__ import annotations
 
 import ipaddress
 
 from inferd.containers.engine import find_engine
-from inferd.containers.replica import ContainerReplica, scratch_root
+from inferd.containers.launch import scratch_root
+from inferd.containers.replica import ContainerReplica
 from inferd.kinds.base import ApiRuntime, KindContext, WorkerLaunch
 from inferd.settings import Settings
 from inferd.spec import ApiSpec

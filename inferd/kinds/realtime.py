@@ -18,7 +18,7 @@ from inferd.http.routing import BaseRoute, Mount, Route
 from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, WorkerLaunch
 from inferd.kinds.containers import container_backend, unrunnable
 from inferd.protos import CompiledProto
-from inferd.spec import ApiSpec
+from inferd.spec import ApiSpec, HandlerSpec, plain
 from inferd.worker.backend import BackendFactory
 
 HTTP_RUNNER = "inferd.worker.runners.http:HttpRunner"
@@ -37,6 +37,14 @@ def grpc_options(compiled: CompiledProto, context: KindContext) -> dict[str, Any
             "methods": [{"name": m.name, "client_streaming": m.client_streaming,
                          "server_streaming": m.server_streaming, "input_type": m.input_type,
                          "output_type": m.output_type} for m in compiled.methods]}
+
+
+def model_options(handler: HandlerSpec | None, context: KindContext) -> dict[str, Any]:
+    """multi_model_reloading for the worker, and where remote models are downloaded."""
+    if handler is None or handler.multi_model_reloading is None:
+        return {}
+    return {"models": plain(handler.multi_model_reloading),
+            "model_cache_dir": str(context.settings.state_dir / "models")}
 
 
 class RealtimeKind(Kind):
@@ -59,13 +67,14 @@ class RealtimeKind(Kind):
         return container_backend(runtime, context, launch) if runtime.spec.pod is not None else None
 
     def runner(self, runtime: ApiRuntime, context: KindContext) -> tuple[str, dict[str, Any]]:
-        if runtime.compiled is not None:
-            return GRPC_RUNNER, grpc_options(runtime.compiled, context)
         handler = runtime.spec.handler
+        models = model_options(handler, context)
+        if runtime.compiled is not None:
+            return GRPC_RUNNER, {**grpc_options(runtime.compiled, context), **models}
         batching = handler.server_side_batching if handler is not None else None
         options = {"batching": {"max_batch_size": batching.max_batch_size,
                                 "batch_interval": batching.batch_interval}} if batching else {}
-        return HTTP_RUNNER, options
+        return HTTP_RUNNER, {**options, **models}
 
     def front(self, runtime: ApiRuntime, context: KindContext, current: Front | None) -> Front | None:
         pool = runtime.pool

@@ -1,14 +1,16 @@
 """TaskAPI: a BatchAPI-like job API (``inferd.kinds.batch``) whose job is one call of the
 ``Task`` class of ``definition.path``: ``POST /<endpoint>`` with ``{timeout, config}`` starts one
 worker for it, ``GET``/``DELETE /<endpoint>?jobID=<id>`` report and stop it. The job spec file
-is named in ``CORTEX_TASK_SPEC`` (and ``CORTEX_JOB_SPEC``)."""
+is named in ``CORTEX_TASK_SPEC`` (and ``CORTEX_JOB_SPEC``). With ``pod.containers`` the job is
+the containers running their command to its end (``inferd.containers.jobs``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from inferd.kinds.base import ApiRuntime, KindContext, pods_refused
+from inferd.kinds.base import ApiRuntime, KindContext
 from inferd.kinds.batch import BatchKind
+from inferd.kinds.containers import unrunnable
 from inferd.spec import ApiSpec
 from inferd.spec.model import HandlerSpec
 
@@ -22,7 +24,7 @@ class TaskKind(BatchKind):
 
     def unsupported(self, api: ApiSpec) -> str | None:
         if api.pod is not None:
-            return pods_refused(api)
+            return unrunnable(api)
         if api.definition is None:
             return "the API has no definition block"
         return None

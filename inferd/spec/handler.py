@@ -9,6 +9,7 @@ from pathlib import Path
 from .errors import IMAGE_UNUSED, NOT_ENFORCED, NOT_INSTALLED
 from .fields import Block, describe
 from .model import EMPTY, BatchingSpec, DependenciesSpec, HandlerSpec, TaskDefinition
+from .models import read_multi_model
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 HANDLER_TYPES = ("python", "tensorflow")
@@ -33,7 +34,8 @@ def read_handler(parent: Block, kind: str, project_dir: Path) -> HandlerSpec:
     threads = block.integer("threads_per_process", 1, 1)
     _single_process_kinds(block, kind, processes, threads)
     _type_specific(block, handler_type)
-    for key in ("multi_model_reloading", "models", "shm_size"):
+    models = read_multi_model(block, kind, processes, project_dir) if handler_type == "python" else None
+    for key in ("models", "shm_size"):
         block.ignore(key, NOT_ENFORCED)
     for key in ("image", "tensorflow_serving_image"):
         block.ignore(key, IMAGE_UNUSED)
@@ -42,7 +44,7 @@ def read_handler(parent: Block, kind: str, project_dir: Path) -> HandlerSpec:
         path=code_path(block, project_dir),
         protobuf_path=protobuf_path,
         dependencies=read_dependencies(block),
-        multi_model_reloading=block.free_map("multi_model_reloading"),
+        multi_model_reloading=models,
         models=block.free_map("models"),
         server_side_batching=batching,
         processes_per_replica=processes,

@@ -106,13 +106,34 @@ class BatchingSpec:
     batch_interval: float  # seconds
 
 
+SINGLE_MODEL = "default"  # the name of multi_model_reloading.path's one model
+
+
+@dataclass(frozen=True)
+class ModelPath:
+    name: str
+    path: str  # an absolute local directory, or an s3:// or gs:// URL without a trailing "/"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiModelSpec:
+    """``handler.multi_model_reloading``: ``path`` (one model, named SINGLE_MODEL), ``paths``
+    (named models) or ``dir`` (one model per subdirectory, found while running)."""
+
+    form: str  # "path", "paths" or "dir"
+    models: tuple[ModelPath, ...] = ()  # path and paths
+    dir: str | None = None
+    cache_size: int | None = None  # both or neither
+    disk_cache_size: int | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class HandlerSpec:
     type: str = "python"
     path: str
     protobuf_path: str | None = None
     dependencies: DependenciesSpec = DependenciesSpec()
-    multi_model_reloading: Mapping[str, Any] | None = None
+    multi_model_reloading: MultiModelSpec | None = None
     models: Mapping[str, Any] | None = None
     server_side_batching: BatchingSpec | None = None
     processes_per_replica: int = 1

@@ -10,13 +10,13 @@ import ast
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 HTTP_VERBS = ("post", "get", "put", "patch", "delete")
 METHOD_PARAMS = frozenset({"payload", "query_params", "headers"})
-CONSTRUCTOR_PARAMS = frozenset({"config", "metrics_client", "proto_module_pb2", "module_proto_pb2"})
+CONSTRUCTOR_PARAMS = frozenset({"config", "metrics_client", "model_client", "proto_module_pb2", "module_proto_pb2"})
 # Cortex's allowed constructor parameters differ by kind (spec §3.2); the others use the set above
 CONSTRUCTOR_PARAMS_BY_KIND = {
     "BatchAPI": frozenset({"config", "job_spec", "metrics_client"}),
@@ -106,23 +106,34 @@ def http_methods(handler: Any) -> dict[str, BoundMethod]:
     return methods
 
 
-def constructor_problem(handler_file: Path, kind: str = "") -> str | None:
-    """What a worker would refuse in ``Handler.__init__``'s parameters, read without running
-    the file (``inferd validate`` must not import the user's code); ``kind`` picks the allowed set."""
+def constructor_problem(handler_file: Path, kind: str = "", models: bool = False) -> str | None:
+    """What a worker would refuse in ``Handler.__init__``'s parameters (and, with
+    ``multi_model_reloading``, a missing ``load_model``), read without running the file
+    (``inferd validate`` must not import the user's code); ``kind`` picks the allowed set."""
     allowed = CONSTRUCTOR_PARAMS_BY_KIND.get(kind, CONSTRUCTOR_PARAMS)
     try:
         tree = ast.parse(handler_file.read_bytes())
     except (OSError, SyntaxError, ValueError):
         return None  # the worker reports these itself, with the traceback
-    init = next((item for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Handler"
-                 for item in node.body if isinstance(item, ast.FunctionDef) and item.name == "__init__"), None)
-    if init is None:
+    body = next((node.body for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Handler"), None)
+    if body is None:
         return None
-    params = [a.arg for a in init.args.posonlyargs + init.args.args][1:] + [a.arg for a in init.args.kwonlyargs]
-    if "model_client" in params:
-        return ("Handler.__init__ asks for model_client: multi_model_reloading's model client is not "
-                "supported by this version of inferd yet")
+    methods = {item.name: item for item in body if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    init = methods.get("__init__")
+    params = [] if init is None else \
+        [a.arg for a in init.args.posonlyargs + init.args.args][1:] + [a.arg for a in init.args.kwonlyargs]
     unknown = [name for name in params if name not in allowed]
     if unknown:
         return f"Handler.__init__ asks for {', '.join(unknown)}; inferd passes only {', '.join(sorted(allowed))}"
+    return model_problem(params, "load_model" in methods, models)
+
+
+def model_problem(init_params: Sequence[str], has_load_model: bool, models: bool) -> str | None:
+    """Cortex's rule (§3.2): ``model_client`` and ``load_model`` come with multi_model_reloading, and only with it."""
+    if models and "model_client" not in init_params:
+        return "Handler.__init__ must take model_client: handler.multi_model_reloading is set"
+    if models and not has_load_model:
+        return "Handler must define load_model(self, model_path): handler.multi_model_reloading is set"
+    if not models and "model_client" in init_params:
+        return "Handler.__init__ asks for model_client, which needs handler.multi_model_reloading in cortex.yaml"
     return None

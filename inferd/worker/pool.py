@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from inferd.logs import get_logger
 from inferd.worker import protocol
 from inferd.worker.backend import BackendFactory, Response, WorkerBackend, WorkerGone, exit_reason
+from inferd.worker.models.report import merge_reports
 from inferd.worker.stream import StreamCall
 
 T = TypeVar("T")
@@ -409,6 +410,10 @@ class WorkerPool:
 
     def describe(self) -> dict[str, Any]:
         workers = [w.describe() for w in self.workers if w is not None]
-        return {"state": self.state, "desired_workers": len(self.config.slots),
-                "ready_workers": len(self.ready_workers()), "restarts": self.restarts,
-                "last_error": self.error, "workers": workers}
+        described = {"state": self.state, "desired_workers": len(self.config.slots),
+                     "ready_workers": len(self.ready_workers()), "restarts": self.restarts,
+                     "last_error": self.error, "workers": workers}
+        models = merge_reports(w.get("models") for w in workers)
+        if models is not None:  # multi_model_reloading
+            described["models"] = models
+        return described

@@ -70,6 +70,7 @@ class WorkerProcess:
         self.pid: int | None = None
         self.in_flight = 0
         self.info: dict[str, Any] = {}
+        self.models: dict[str, Any] | None = None  # multi_model_reloading: the worker's latest report
         self.error: str | None = None
         self.init_traceback: str | None = None
         self.started_at = time.monotonic()
@@ -257,6 +258,8 @@ class WorkerProcess:
                 self._on_metric(message.as_dict())
             except Exception as exc:  # noqa: BLE001 - a handler's bad metric must not cut its worker off
                 self.log.warning("user_metric_rejected", metric=message.name, error=str(exc))
+        elif isinstance(message, protocol.Models):
+            self.models = message.models
         elif isinstance(message, protocol.Ready):
             self.info = message.info
             if self.state == "starting":  # a stop that came first wins
@@ -305,8 +308,11 @@ class WorkerProcess:
         self._last_stderr = text.strip()
 
     def describe(self) -> dict[str, Any]:
-        return {"slot": self.slot, "pid": self.pid, "state": self.state, "gpus": list(self.gpus),
-                "in_flight": self.in_flight, "error": self.error}
+        described: dict[str, Any] = {"slot": self.slot, "pid": self.pid, "state": self.state, "gpus": list(self.gpus),
+                     "in_flight": self.in_flight, "error": self.error}
+        if self.models is not None:
+            described["models"] = self.models
+        return described
 
 
 async def drain_output(pumps: list[asyncio.Task[None]]) -> None:

@@ -291,6 +291,25 @@ class Metric:
 
 
 @dataclass(slots=True)
+class Models:
+    """Worker -> daemon: a multi_model_reloading API's models as this worker holds them now
+    (per model: versions, loaded, latest, failed), sent whenever that changes."""
+
+    TAG: ClassVar[str] = "models"
+    models: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> tuple[Meta, bytes]:
+        return {"t": self.TAG, "models": self.models}, b""
+
+    @classmethod
+    def decode(cls, meta: Meta, body: bytes) -> Models:
+        models = meta.get("models")
+        if not isinstance(models, dict):
+            raise ValueError("models must be a mapping")
+        return cls(models)
+
+
+@dataclass(slots=True)
 class Stop:
     """Daemon -> worker: finish what is in flight, run pending callbacks, then exit."""
 
@@ -305,9 +324,9 @@ class Stop:
 
 
 Message = (Init | Ready | InitFailed | Call | Reply | Sent | Open | Chunk | InputEnd | Credit | Cancel | End
-           | Metric | Stop)
+           | Metric | Models | Stop)
 MESSAGES: dict[str, Any] = {cls.TAG: cls for cls in (Init, Ready, InitFailed, Call, Reply, Sent, Open, Chunk,
-                                                      InputEnd, Credit, Cancel, End, Metric, Stop)}
+                                                      InputEnd, Credit, Cancel, End, Metric, Models, Stop)}
 
 
 def decode(meta: Meta, body: bytes) -> Message:

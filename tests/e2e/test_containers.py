@@ -174,7 +174,8 @@ def test_liveness_failure_restarts_the_replica(daemon: Daemon) -> None:
 
 
 def test_container_killed_mid_request(daemon: Daemon) -> None:
-    pid = workers(daemon, "tcp")[0]["pid"]
+    (before,) = workers(daemon, "tcp")
+    pid = before["pid"]
     result: list[httpx.Response] = []
     thread = threading.Thread(target=lambda: result.append(httpx.get(f"{daemon.url}/tcp/slow?s=10", timeout=30)))
     thread.start()
@@ -183,9 +184,27 @@ def test_container_killed_mid_request(daemon: Daemon) -> None:
     thread.join()
     assert result[0].status_code == 502
     assert result[0].json()["api"] == "tcp" and "tcp" in result[0].json()["error"]
+    # the container is restarted in place: a request meanwhile waits for it instead of failing
+    assert call(daemon, "GET", "/tcp/again").status_code == 200
     api = wait_for(lambda: (a := daemon.api("tcp"))["state"] == "ready" and a["workers"][0]["pid"] != pid and a)
     assert "killed by SIGKILL" in api["last_error"]
-    assert call(daemon, "GET", "/tcp/again").status_code == 200
+    (after,) = api["workers"]
+    assert after["port"] == before["port"] and after["containers"][0]["restarts"] == 1
+
+
+def test_a_sidecar_that_exits_is_restarted_alone(daemon: Daemon) -> None:
+    replica = workers(daemon, "web")[0]
+    api, sidecar = replica["containers"]
+    os.kill(sidecar["pid"], signal.SIGKILL)
+
+    def restarted() -> dict | None:
+        now = next(w for w in workers(daemon, "web") if w["slot"] == replica["slot"])
+        return now if now["state"] == "ready" and now["containers"][1]["restarts"] == 1 else None
+
+    now = wait_for(restarted)
+    assert now["port"] == replica["port"] and now["containers"][0]["pid"] == api["pid"]  # the server kept running
+    assert now["containers"][1]["pid"] != sidecar["pid"] and now["containers"][0]["restarts"] == 0
+    assert {call(daemon, "GET", "/web/who").status_code for _ in range(4)} == {200}
 
 
 def test_reload_under_load_drops_nothing(daemon: Daemon) -> None:

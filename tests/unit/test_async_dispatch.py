@@ -14,9 +14,14 @@ from inferd.worker.backend import Response
 from inferd.worker.pool import CallTimedOut, WorkerDied
 
 
+class ReadyWorker:
+    state = "ready"
+
+
 class FakePool:
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.workers = [ReadyWorker(), ReadyWorker()]  # the dispatcher looks before it waits
 
     async def wait_slot_ready(self, slot: int) -> None:
         return None

@@ -12,7 +12,7 @@ from typing import Any
 
 from inferd.gpu import GpuDevice
 from inferd.jobs.batch_dispatch import JobRun
-from inferd.jobs.batch_launch import JobLaunch, batch_body
+from inferd.jobs.batch_launch import JobLaunch, PythonJobWorkers, batch_body
 from inferd.jobs.job_gpus import GpuLedger
 from inferd.metrics import Metrics
 from inferd.store import AsyncJobStore, Batch, BatchJobStore
@@ -29,9 +29,10 @@ def test_batch_body_splices_the_stored_payload() -> None:
 def launch(tmp_path: Path) -> JobLaunch:
     init = protocol.Init("batch", "inferd.worker.runners.batch:BatchRunner", str(PROJECT), "batch_handler.py")
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join([str(PROJECT), *sys.path])}
-    return JobLaunch(api="batch", single_call=False, init=init, env=env, cwd=str(PROJECT), gpus_per_worker=1,
-                     spec_envs=("CORTEX_JOB_SPEC",), jobs_dir=tmp_path / "jobs", liveness_timeout=30, stop_timeout=5,
-                     on_metric=lambda frame: None, on_log=lambda line: None)
+    workers = PythonJobWorkers(api="batch", init=init, env=env, cwd=str(PROJECT), spec_envs=("CORTEX_JOB_SPEC",),
+                               on_metric=lambda frame: None, on_log=lambda line: None)
+    return JobLaunch(api="batch", single_call=False, workers=workers, gpus_per_worker=1, jobs_dir=tmp_path / "jobs",
+                     liveness_timeout=30, stop_timeout=5)
 
 
 def spec(job_id: str, output: Path) -> dict[str, Any]:

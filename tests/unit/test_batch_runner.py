@@ -417,7 +417,7 @@ def test_a_missing_or_unreadable_job_spec_fails_to_load(tmp_path: Path, monkeypa
 def test_validate_allows_job_spec_for_batch_handlers_only() -> None:
     assert constructor_problem(BATCH / "handler.py", "BatchAPI") is None
     assert constructor_problem(BATCH / "handler.py") == (
-        "Handler.__init__ asks for job_spec; inferd passes only config, metrics_client, module_proto_pb2, proto_module_pb2")
+        "Handler.__init__ asks for job_spec; inferd passes only config, metrics_client, model_client, module_proto_pb2, proto_module_pb2")
     assert constructor_problem(BATCH / "tf_client.py", "BatchAPI") == (
         "Handler.__init__ asks for tensorflow_client; inferd passes only config, job_spec, metrics_client")
 

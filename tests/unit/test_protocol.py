@@ -28,6 +28,7 @@ SAMPLES = [
     protocol.Cancel(3),
     protocol.End(3, 13, "bad", True, b"reply"),
     protocol.Metric("hits", "increment", 1.0, {"a": "b"}),
+    protocol.Models({"iris": {"versions": [1, 2], "loaded": [2], "latest": 2, "failed": {"1": "ValueError: x"}}}),
     protocol.Stop(),
 ]
 
@@ -66,7 +67,7 @@ def test_encoding_never_mutates_or_shares_the_callers_data() -> None:
 
 def test_every_message_type_is_registered_once() -> None:
     tags = [cls.TAG for cls in protocol.MESSAGES.values()]
-    assert len(tags) == len(set(tags)) == 14
+    assert len(tags) == len(set(tags)) == 15
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),

@@ -1052,7 +1052,6 @@ def test_fields_a_single_node_cannot_honour_are_listed(tmp_path):
         shm_size: 1Gi
         dependencies:
           pip: reqs.txt
-        multi_model_reloading: {path: s3://bucket/model}
       compute:
         cpu: 1
         mem: 2Gi
@@ -1066,7 +1065,6 @@ def test_fields_a_single_node_cannot_honour_are_listed(tmp_path):
         max_surge: 1
     """)
     assert project.ignored == (
-        "apis[0].handler.multi_model_reloading: accepted, not enforced on a single node",
         "apis[0].handler.shm_size: accepted, not enforced on a single node",
         "apis[0].handler.image: accepted, not used: inferd runs the handler in its own Python environment",
         "apis[0].handler.dependencies.pip: not installed by inferd; install it into inferd's environment yourself",

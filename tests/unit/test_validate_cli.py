@@ -67,18 +67,14 @@ def test_validate_names_each_api_that_will_not_start(capsys, monkeypatch):
     finally:
         find_engine.cache_clear()
     out, err = capsys.readouterr()
-    assert f"{PROJECTS / 'unsupported' / 'cortex.yaml'}: 3 api(s) valid: served, trainer, splitter\n" in out
+    assert f"{PROJECTS / 'unsupported' / 'cortex.yaml'}: 4 api(s) valid: served, trainer, splitter, queue\n" in out
     lines = err.splitlines()
-    assert lines[-1] == "4 api(s) will not start"
+    assert lines[-1] == "2 api(s) will not start"
     assert lines[:-1] == [
         'cortex.yaml:18: api "containers": pod.containers[0] (api): image example/api:latest has no command, and no '
         "container engine (podman or docker) can run images on this host; give the container a command to run it "
         "as a local process, or install podman or docker",
         'cortex.yaml:25: api "tf": handler.type tensorflow is not supported by inferd; use type: python',
-        'cortex.yaml:33: api "models": Handler.__init__ asks for model_client: multi_model_reloading\'s model client '
-        "is not supported by this version of inferd yet",
-        'cortex.yaml:40: api "queue": AsyncAPI APIs with pod.containers are not supported by this version of inferd '
-        "yet (container RealtimeAPIs are; container AsyncAPI, BatchAPI and TaskAPI are not yet)",
     ]
 
 
@@ -89,7 +85,7 @@ def test_validate_refuses_constructor_arguments_inferd_does_not_pass(tmp_path, c
     assert "api(s) valid" not in out
     assert err.splitlines() == [
         'cortex.yaml:1: api "iris": Handler.__init__ asks for python_client; inferd passes only config, '
-        "metrics_client, module_proto_pb2, proto_module_pb2",
+        "metrics_client, model_client, module_proto_pb2, proto_module_pb2",
         "1 api(s) will not start",
     ]
 
@@ -118,3 +114,23 @@ def test_validate_refuses_a_dotenv_symlink_out_of_the_project(tmp_path, capsys):
     (root / ".env").symlink_to(tmp_path / "secrets")
     assert main(["validate", "--project", str(root)]) == 1
     assert f".env: must stay inside the project directory, got a symlink to {tmp_path / 'secrets'}" in capsys.readouterr().err
+
+
+# -- GPUs: validate runs where the daemon will, and refuses what the daemon would -----------------
+
+
+def test_validate_refuses_more_gpus_than_the_machine_has(tmp_path, capsys, monkeypatch):
+    from inferd.control import target
+    from inferd.gpu import GpuDevice
+
+    h200 = GpuDevice(0, "GPU-8442a712", "NVIDIA H200", 141 << 30, 140 << 30)
+    monkeypatch.setattr(target, "read_inventory", lambda: (h200,))
+    config = (API.replace("iris", "big") + "  compute:\n    gpu: 2\n" + API.replace("iris", "one") + "  compute:\n    gpu: 1\n"
+              + API.replace("iris", "cpu"))
+    assert main(["validate", "--project", str(project(tmp_path, config))]) == 1
+    out, err = capsys.readouterr()
+    assert out == f"{tmp_path / 'cortex.yaml'}: 2 api(s) valid: one, cpu\n"
+    assert err.splitlines() == [
+        'cortex.yaml:1: compute.gpu: api "big" asks for 2 GPUs per replica (compute.gpu: 2) but only 1 NVIDIA GPU is visible',
+        "1 api(s) will not start",
+    ]

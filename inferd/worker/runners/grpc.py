@@ -18,6 +18,8 @@ from typing import Any
 from inferd.protos import compile_proto, load_pb2
 from inferd.worker import protocol
 from inferd.worker.handler_class import BoundMethod, HandlerLoadError, check_params
+from inferd.worker.models.errors import ModelError
+from inferd.worker.models.runtime import ModelRuntime, model_runtime
 from inferd.worker.runners.base import Runner
 
 RPC_PARAMS = frozenset({"payload", "context"})
@@ -154,6 +156,8 @@ def run_rpc(call: RpcCall, method: BoundMethod, rpc: dict[str, Any], input_cls: 
             call.finish(call.context.code or protocol.OK, call.context.details, reply)
     except AbortCall as abort:
         call.finish(abort.code, abort.details)
+    except ModelError as exc:  # model_client: an unknown model or version (NOT_FOUND), none loads
+        call.finish(exc.grpc_code, str(exc.detail))
     except Exception as exc:  # noqa: BLE001 - the handler's error becomes the call's status
         log.error("handler_exception", rpc=rpc["name"], request_id=call.rid, exc_info=exc)
         call.finish(protocol.INTERNAL, f"{type(exc).__name__}: {exc}")
@@ -161,7 +165,10 @@ def run_rpc(call: RpcCall, method: BoundMethod, rpc: dict[str, Any], input_cls: 
 
 class GrpcRunner(Runner):
     """Options: ``proto_path``, ``cache_dir`` (the daemon compiled it: this is a cache hit),
-    ``methods`` (name, client_streaming, server_streaming, input_type, output_type)."""
+    ``methods`` (name, client_streaming, server_streaming, input_type, output_type), and with
+    multi_model_reloading ``models`` and ``model_cache_dir``."""
+
+    models: ModelRuntime | None = None
 
     def constructor_args(self) -> dict[str, Any]:
         # imported here so HTTP-only workers do not pay for protobuf at start
@@ -174,11 +181,15 @@ class GrpcRunner(Runner):
         self.input_classes = {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(m["input_type"]))
                               for name, m in self.rpcs.items()}
         self.calls: dict[int, RpcCall] = {}
+        self.models = model_runtime(self.options, self.context.send_threadsafe, self.log)
+        models = self.models.constructor_args() if self.models is not None else {}
         # Cortex's validator wants proto_module_pb2; its docs wrote module_proto_pb2: accept both
-        return {"proto_module_pb2": module, "module_proto_pb2": module}
+        return {"proto_module_pb2": module, "module_proto_pb2": module, **models}
 
     def bind(self, handler: Any) -> dict[str, Any]:
         self.rpc_methods = rpc_methods(handler, self.options["methods"])
+        if self.models is not None:
+            self.models.start(handler)
         return {}
 
     def on_message(self, message: protocol.Message) -> None:

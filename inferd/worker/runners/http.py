@@ -11,6 +11,7 @@ from inferd.payload import PayloadError, is_form, parse_form, parse_payload
 from inferd.worker import protocol
 from inferd.worker.batching import Batcher
 from inferd.worker.handler_class import BoundMethod, http_methods
+from inferd.worker.models.runtime import ModelRuntime, model_runtime
 from inferd.worker.render import JSON, error_body, render, split_callback
 from inferd.worker.runners.base import CallRunner, Outcome
 
@@ -18,9 +19,16 @@ from inferd.worker.runners.base import CallRunner, Outcome
 class HttpRunner(CallRunner):
     methods: dict[str, BoundMethod]
     batcher: Batcher | None = None
+    models: ModelRuntime | None = None
+
+    def constructor_args(self) -> dict[str, Any]:
+        self.models = model_runtime(self.options, self.context.send_threadsafe, self.log)
+        return self.models.constructor_args() if self.models is not None else {}
 
     def bind(self, handler: Any) -> dict[str, Any]:
         self.methods = http_methods(handler)
+        if self.models is not None:
+            self.models.start(handler)
         batching = self.options.get("batching")
         if batching and "post" in self.methods:
             self.batcher = Batcher(batching["max_batch_size"], batching["batch_interval"], self.run_batch)
