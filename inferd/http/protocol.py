@@ -70,6 +70,7 @@ def json_response(status: int, message: str) -> bytes:
 
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+JOIN_LIMIT = 64 * 1024  # bodies up to this size are joined to their head (copying is cheaper than a writev)
 
 
 class HeldHead:
@@ -92,9 +93,13 @@ class HeldHead:
             self.head = data
             asyncio.get_running_loop().call_soon(self.flush)
             return
-        if self.head is not None:
-            data, self.head = self.head + data, None
-        self.transport.write(data)
+        head, self.head = self.head, None
+        if head is None:
+            self.transport.write(data)
+        elif len(data) <= JOIN_LIMIT:
+            self.transport.write(head + data)
+        else:
+            self.transport.writelines((head, data))  # one writev: a large body is not copied to join it
 
     def flush(self) -> None:
         if self.head is not None:

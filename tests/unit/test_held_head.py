@@ -15,6 +15,9 @@ class Transport:
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 
+    def writelines(self, pieces: tuple[bytes, ...]) -> None:
+        self.writes.append(b"|".join(pieces))  # "|": where the pieces met, to tell it from one write
+
     def close(self) -> None:
         self.closed = True
 
@@ -71,5 +74,16 @@ def test_close_sends_a_held_head_first() -> None:
         assert transport.writes == [b"HTTP/1.1 500 Internal Server Error\r\n\r\n"] and transport.closed
         await asyncio.sleep(0)
         assert len(transport.writes) == 1  # the end-of-step flush finds nothing left
+
+    asyncio.run(scenario())
+
+
+def test_a_large_body_is_not_copied_to_join_its_head() -> None:
+    async def scenario() -> None:
+        wrapper, transport = held()
+        body = b"x" * (1 << 20)
+        wrapper.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        wrapper.write(body)
+        assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n|" + body]  # one writelines call
 
     asyncio.run(scenario())
