@@ -40,7 +40,7 @@ from inferd.logs import get_logger
 from inferd.metrics import Metrics
 from inferd.notify import SystemdNotifier
 from inferd.protos import CompiledProto
-from inferd.reload import ReloadReport, api_digests, apply_reload
+from inferd.reload import ReloadReport, api_digests, apply_reload, model_roots, under
 from inferd.settings import Settings
 from inferd.spec import ProjectSpec, SpecError, load_project
 from inferd.store import AsyncJobStore
@@ -344,7 +344,10 @@ class Daemon:
 
         def relevant(change: Any, path: str) -> bool:
             parts = Path(path).relative_to(self.settings.project).parts
-            return not any(p.startswith(".") and p != ".env" or p == "__pycache__" for p in parts)
+            if any(p.startswith(".") and p != ".env" or p == "__pycache__" for p in parts):
+                return False
+            # model versions are the workers' own to reload (multi_model_reloading)
+            return self.project is None or not under(Path(path), model_roots(self.project))
 
         async for _ in awatch(self.settings.project, watch_filter=relevant, debounce=500, step=100):
             log.info("project_changed", detail="reloading (--watch)")

@@ -77,9 +77,21 @@ def _read(path: Path) -> bytes:
         return b""
 
 
+def model_roots(project: ProjectSpec) -> tuple[Path, ...]:
+    """The local ``multi_model_reloading`` directories: a worker reloads what changes there
+    itself, so a new model version is no change to the project (no API is replaced for it)."""
+    return tuple(Path(root) for api in project.apis if api.handler and api.handler.multi_model_reloading
+                 for root in api.handler.multi_model_reloading.local_roots())
+
+
+def under(path: Path, roots: tuple[Path, ...]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
 def api_digests(project: ProjectSpec) -> dict[str, str]:
     """api name -> digest of everything that, changed, needs new workers for that API."""
     root = project.project_dir
+    models = model_roots(project)
     own = {name: [root / block.path for block in (api.handler, api.definition) if block is not None]
            for name, api in ((a.name, a) for a in project.apis)}
     # each API's own files count for it alone; cortex.yaml is compared entry by entry
@@ -87,7 +99,7 @@ def api_digests(project: ProjectSpec) -> dict[str, str]:
     per_api |= {root / a.handler.protobuf_path for a in project.apis if a.handler and a.handler.protobuf_path}
     shared = hashlib.sha256(_read(root / ".env"))
     for path in _project_files(root):
-        if path not in per_api:
+        if path not in per_api and not under(path, models):
             shared.update(str(path.relative_to(root)).encode() + b"\0" + _fingerprint(path))
     digests = {}
     for api in project.apis:

@@ -126,6 +126,11 @@ class MultiModelSpec:
     cache_size: int | None = None  # both or neither
     disk_cache_size: int | None = None
 
+    def local_roots(self) -> tuple[str, ...]:
+        """The local directories models are read from (object stores left out)."""
+        locations = [self.dir] if self.dir is not None else [model.path for model in self.models]
+        return tuple(location for location in locations if location and "://" not in location)
+
 
 @dataclass(frozen=True, kw_only=True)
 class HandlerSpec:

@@ -3,6 +3,7 @@ are kept loaded."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .fields import Block, describe
@@ -100,7 +101,8 @@ def model_location(block: Block, key: str, project_dir: Path) -> str | None:
     if scheme is not None:
         return _remote(block, key, value, scheme)
     try:
-        target = (project_dir / Path(value).expanduser()).resolve()
+        # absolute, but not resolved: a symlink swapped to a new release is followed (by the watcher too)
+        target = Path(os.path.abspath(project_dir / Path(value).expanduser()))
         found = target.is_dir()
     except (OSError, RuntimeError, ValueError) as exc:
         block.issue(key, f"cannot be resolved ({exc}), got {describe(value)}")

@@ -155,7 +155,6 @@ def test_cache_size_one_evicts_the_first_model_when_the_second_is_used(daemon: R
     ("named", {"model": "iris", "version": "9"}, 'model "iris" has no version 9 (versions: 1, 2'),
     ("named", {"model": "iris", "version": "newest"}, 'model version must be an integer or "latest", got "newest"'),
     ("catalog", {"model": "zzz"}, 'no model named "zzz" (models: '),
-    ("single", {"model": "other"}, 'no model named "other": this API serves one model'),
 ])
 def test_unknown_models_and_versions_are_404_json_naming_them(daemon: RunningDaemon, api: str, query: dict[str, str],
                                                               error: str) -> None:
@@ -216,3 +215,35 @@ def test_apis_view_lists_models_of_every_worker(daemon: RunningDaemon) -> None:
     assert api["models"] == {"default": {"versions": [1, 2], "loaded": [1, 2], "latest": 2, "failed": {}}}
     assert api["workers"][0]["models"] == api["models"]
     assert json.dumps(api)  # plain JSON all the way down
+
+
+# -- found by review --------------------------------------------------------------------------
+
+def test_a_model_folder_removed_and_copied_anew_is_still_watched(daemon: RunningDaemon) -> None:
+    flower = store(daemon) / "named" / "flower"
+    assert answer(daemon, "named", model="flower") == (200, {"model": "flower"})
+    shutil.rmtree(flower)  # rm -rf flower && cp -r new-flower flower
+    flower.mkdir()
+    (flower / "model.txt").write_text("flower-new")
+    assert eventually(lambda: answer(daemon, "named", model="flower") == (200, {"model": "flower-new"}))
+    (flower / "model.txt").write_text("flower-newer")  # the new folder is watched, not the removed one
+    assert eventually(lambda: answer(daemon, "named", model="flower") == (200, {"model": "flower-newer"}))
+
+
+def test_a_version_copied_slowly_is_loaded_once_whole(daemon: RunningDaemon) -> None:
+    iris = store(daemon) / "named" / "iris"
+    (iris / "4").mkdir()
+    with open(iris / "4" / "model.txt", "w") as file:  # a large model, copied for 2 s
+        for _ in range(40):
+            file.write("w")
+            file.flush()
+            time.sleep(0.05)
+    assert eventually(lambda: answer(daemon, "named", model="iris") == (200, {"model": "w" * 40}))
+    loads = [e for e in daemon.log_events() if e.get("event") in ("model_loaded", "model_load_failed")
+             and e.get("api") == "named" and e.get("version") == 4]
+    assert [e["event"] for e in loads] == ["model_loaded"], loads
+
+
+def test_a_single_model_api_ignores_the_model_name_as_cortex_did(daemon: RunningDaemon) -> None:
+    # Cortex's get_model took the one model of `path` whatever name a handler passed
+    assert answer(daemon, "single", model="other", version="1") == (200, {"model": "single-v1"})

@@ -104,3 +104,11 @@ def test_model_client_and_load_model_come_with_multi_model_reloading(tmp_path: P
     handler = tmp_path / "handler.py"
     handler.write_text(HANDLER.format(extra=extra, load=load))
     assert constructor_problem(handler, "RealtimeAPI", models) == problem
+
+
+def test_a_models_symlink_is_kept_so_swapping_its_target_is_seen(tmp_path: Path) -> None:
+    # releases/7 deployed, then `ln -sfn releases/8 current`: the worker must read through the link
+    (tmp_path / "releases" / "7").mkdir(parents=True)
+    (tmp_path / "current").symlink_to("releases/7")
+    spec = load(tmp_path, realtime("    multi_model_reloading: {dir: current}\n"), MODELS).apis[0].handler
+    assert spec.multi_model_reloading.dir == str(tmp_path.resolve() / "current")

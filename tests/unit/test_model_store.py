@@ -3,7 +3,10 @@ store's loading rules, object-store sources (fsspec's memory filesystem) and hos
 
 from __future__ import annotations
 
+import gc
 import threading
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +276,219 @@ def test_model_loads_reported_by_a_worker_are_inferd_series() -> None:
     text = metrics.render().decode()
     assert 'inferd_model_loads_total{api="iris",model="m",outcome="failed"} 1.0' in text
     assert 'inferd_model_load_seconds_sum{api="iris",model="m"} 0.25' in text
+
+
+# -- found by review --------------------------------------------------------------------------
+
+def test_an_empty_version_folder_is_not_a_version_until_its_files_arrive(tmp_path: Path) -> None:
+    write(tmp_path / "1" / "model.txt", "v1")
+    (tmp_path / "2").mkdir()  # `mkdir 2 && cp ... 2/`: caught between the two
+    store, loads = store_for({"m": (LOCAL, str(tmp_path))})
+    store.refresh()
+    assert loads == [("m", 1, True)] and store.snapshot()["m"]["versions"] == [1]
+    write(tmp_path / "2" / "model.txt", "v2")
+    store.refresh()
+    assert store.get("m", "latest") == "v2" and store.snapshot()["m"]["failed"] == {}
+
+
+class RacingStore(ModelStore):
+    """Removes the latest version between ``_latest`` choosing it and fetching it, as a watcher
+    thread's refresh can."""
+
+    def __init__(self, remove: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.remove = remove
+
+    def _version(self, name: str, version: int) -> Any:
+        remove, self.remove = self.remove, None
+        if remove is not None:
+            remove()
+            self.refresh()
+        return super()._version(name, version)
+
+
+def test_latest_is_never_a_404_while_the_latest_version_is_removed(tmp_path: Path) -> None:
+    write(tmp_path / "1" / "model.txt", "v1")
+    write(tmp_path / "2" / "model.txt", "v2")
+
+    def remove() -> None:
+        (tmp_path / "2" / "model.txt").unlink()
+        (tmp_path / "2").rmdir()
+
+    events = StoreEvents(lambda report: None, lambda m, v, ok, s: None, NullLog())
+    store = RacingStore(remove, lambda: {"m": (LOCAL, str(tmp_path))}, events)
+    store.loader = read_model
+    store.refresh()
+    assert store.get("m", "latest") in ("v1", "v2")
+
+
+def test_a_load_model_that_exits_does_not_leave_later_calls_waiting_forever(tmp_path: Path) -> None:
+    write(tmp_path / "1" / "model.txt", "v1")
+    store, _ = store_for({"m": (LOCAL, str(tmp_path))}, cache_size=1)
+    store.refresh()
+
+    def exits(path: str) -> str:
+        raise SystemExit(1)
+
+    store.loader = exits
+    with pytest.raises(SystemExit):
+        store.get("m", "latest")
+    store.loader = read_model
+    result: list[str] = []
+    thread = threading.Thread(target=lambda: result.append(store.get("m", "latest")), daemon=True)
+    thread.start()
+    thread.join(5)
+    assert result == ["v1"]
+
+
+def test_get_model_in_the_constructor_says_why_it_cannot_answer_yet(tmp_path: Path) -> None:
+    write(tmp_path / "1" / "model.txt", "v1")
+    store, _ = store_for({"m": (LOCAL, str(tmp_path))})
+    store.loader = None  # Handler.__init__ runs before load_model can be bound
+    with pytest.raises(ModelUnavailable, match=r"model_client.get_model cannot be called in Handler.__init__"):
+        store.get("m", "latest")
+
+
+class FlakyFs:
+    """An object store whose listings fail (a network blip) while ``down`` is set."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs, self.down = fs, False
+
+    def __getattr__(self, name: str) -> Any:
+        if self.down and name in ("ls", "find"):
+            raise ConnectionResetError("connection reset by peer")
+        return getattr(self.fs, name)
+
+
+def test_an_object_store_that_cannot_be_listed_for_a_while_keeps_its_models(tmp_path: Path) -> None:
+    fs = fsspec.filesystem("memory")
+    fs.pipe(f"/flaky-{tmp_path.name}/iris/1/model.txt", b"iris v1")
+    flaky = FlakyFs(fs)
+    source = RemoteSource(flaky, tmp_path / "cache")
+    store, loads = store_for({"iris": (source, source.path_of(f"memory://flaky-{tmp_path.name}/iris"))})
+    store.refresh()
+    flaky.down = True
+    with pytest.raises(OSError):
+        store.refresh()  # the watcher logs it and looks again later
+    flaky.down = False
+    assert store.get("iris", "latest") == "iris v1" and loads == [("iris", 1, True)]
+
+
+def test_an_evicted_model_is_released(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        write(tmp_path / name / "1" / "model.txt", name)
+    store, _ = store_for(dir_models(LOCAL, str(tmp_path)), cache_size=1)
+    store.loader = lambda path: Model(path)
+    store.refresh()
+    first = weakref.ref(store.get("a", "latest"))
+    store.get("b", "latest")
+    gc.collect()
+    assert first() is None
+
+
+class Model:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def test_with_a_cache_a_version_that_failed_once_is_tried_again_later(tmp_path: Path, monkeypatch: Any) -> None:
+    # e.g. out of memory while the model just evicted was still in use, or its download removed
+    write(tmp_path / "1" / "model.txt", "v1")
+    store, loads = store_for({"m": (LOCAL, str(tmp_path))}, cache_size=1)
+    store.refresh()
+    attempts: list[str] = []
+
+    def flaky(path: str) -> str:
+        attempts.append(path)
+        if len(attempts) == 1:
+            raise MemoryError("CUDA out of memory")
+        return read_model(path)
+
+    store.loader = flaky
+    with pytest.raises(ModelUnavailable, match="MemoryError"):
+        store.get("m", "latest")
+    with pytest.raises(ModelUnavailable):
+        store.get("m", "1")  # not at once: a broken model must not run load_model on every call
+    monkeypatch.setattr("inferd.worker.models.store.RETRY_FAILED", 0.0)
+    assert store.get("m", "latest") == "v1"
+    assert store.snapshot()["m"]["failed"] == {}
+
+
+def test_two_workers_downloading_the_same_version_at_once_both_load_it(tmp_path: Path) -> None:
+    # processes_per_replica: 2 with an s3:// model: both processes start, both download version 1
+    fs = fsspec.filesystem("memory")
+    fs.pipe(f"/twice-{tmp_path.name}/iris/1/model.txt", b"iris v1")
+    mine, other = RemoteSource(fs, tmp_path / "cache"), RemoteSource(fs, tmp_path / "cache")
+    root = mine.path_of(f"memory://twice-{tmp_path.name}/iris")
+    found = model_versions(mine, root)[1]
+    real_get = fs.get
+
+    def racing_get(*args: Any, **kwargs: Any) -> None:
+        fs.get = real_get
+        with other.local(found.path, found.fingerprint):  # the other process finishes first
+            pass
+        real_get(*args, **kwargs)
+
+    fs.get = racing_get
+    with mine.local(found.path, found.fingerprint) as path:
+        assert (Path(path) / "model.txt").read_text() == "iris v1"
+
+
+def test_a_download_being_loaded_is_not_removed_by_the_disk_cache(tmp_path: Path) -> None:
+    # cache_size 1, disk_cache_size 1: a call for b while a is still in load_model
+    fs = fsspec.filesystem("memory")
+    for name in ("a", "b"):
+        fs.pipe(f"/pinned-{tmp_path.name}/{name}/1/model.txt", name.encode())
+    source = RemoteSource(fs, tmp_path / "cache", keep=1)
+    store, _ = store_for(dir_models(source, source.path_of(f"memory://pinned-{tmp_path.name}")), cache_size=1)
+    store.refresh()
+
+    def load(path: str) -> str:
+        if store.loader is load:
+            store.loader = read_model
+            assert store.get("b", "latest") == "b"  # another call, meanwhile
+        return read_model(path)
+
+    store.loader = load
+    assert store.get("a", "latest") == "a"
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # and the bound holds once a is loaded
+
+
+def test_a_single_model_is_returned_whatever_name_is_asked(tmp_path: Path) -> None:
+    write(tmp_path / "1" / "model.txt", "v1")
+    store, _ = store_for({"default": (LOCAL, str(tmp_path))}, single="default")
+    store.refresh()
+    assert store.get("iris-classifier", "latest") == store.get(None, "1") == "v1"
+
+
+class SlowListing(FakeSource):
+    """The first listing is slow and sees only version 1; later ones see 1 and 2."""
+
+    def __init__(self) -> None:
+        self.calls, self.entered, self.release = 0, threading.Event(), threading.Event()
+
+    def subdirs(self, path: str) -> list[str]:
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            self.release.wait(5)
+            return ["1"]
+        return ["1", "2"]
+
+
+def test_an_older_listing_finishing_last_does_not_undo_a_newer_one() -> None:
+    # mixed local and s3:// paths: the watcher and the object-store poll refresh at once
+    source = SlowListing()
+    store, _ = store_for({"m": (source, "m")})
+    store.loader = lambda path: "model"
+    first = threading.Thread(target=store.refresh)
+    first.start()
+    source.entered.wait(5)
+    second = threading.Thread(target=store.refresh)
+    second.start()
+    time.sleep(0.2)
+    source.release.set()
+    first.join(5)
+    second.join(5)
+    assert store.snapshot()["m"]["versions"] == [1, 2]

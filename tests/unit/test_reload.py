@@ -60,6 +60,24 @@ def test_bytecode_and_dotfiles_do_not_count(tmp_path: Path) -> None:
     assert digests(tmp_path) == before
 
 
+def test_new_model_versions_are_the_workers_to_load_not_a_project_change(tmp_path: Path) -> None:
+    make(tmp_path)
+    models = HANDLER.replace("(self, config)", "(self, config, model_client)") + "    def load_model(self, path):\n        return path\n"
+    (tmp_path / "a.py").write_text(models)
+    (tmp_path / "models" / "iris" / "1").mkdir(parents=True)
+    (tmp_path / "models" / "iris" / "1" / "weights.bin").write_bytes(b"1")
+    (tmp_path / "cortex.yaml").write_text(CONFIG.replace("path: a.py}", "path: a.py, multi_model_reloading: {dir: models}}"))
+    before = digests(tmp_path)
+    (tmp_path / "models" / "iris" / "2").mkdir()
+    (tmp_path / "models" / "iris" / "2" / "weights.bin").write_bytes(b"2")  # a new version: a's worker loads it
+    (tmp_path / "models" / "tulip").mkdir()
+    (tmp_path / "models" / "tulip" / "weights.bin").write_bytes(b"t")       # a new model in dir: likewise
+    assert digests(tmp_path) == before
+    (tmp_path / "labels.json").write_text("[]")  # a data file outside the models still replaces both
+    after = digests(tmp_path)
+    assert after["a"] != before["a"] and after["b"] != before["b"]
+
+
 def test_plan() -> None:
     plan = plan_reload({"keep": "1", "change": "1", "gone": "1"}, {"keep": "1", "change": "2", "new": "1"})
     assert (plan.start, plan.replace, plan.stop, plan.keep) == (("new",), ("change",), ("gone",), ("keep",))

@@ -25,12 +25,17 @@ from inferd.worker.models.versions import Found, Roots, discover, parse_version
 
 Key = tuple[str, int]
 LIST_LIMIT = 10  # names shown in an error message
+# With a cache, a version that failed is tried again by a call this long after (Cortex tried on
+# every call): a failure may be passing (out of memory while an evicted model was still in use).
+# Without one, it is tried again when its files change.
+RETRY_FAILED = 30.0
 
 
 @dataclass(frozen=True)
 class Failure:
     fingerprint: str  # retried once the files change
     error: str
+    at: float = 0.0   # time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class ModelStore:
         self.single = single  # multi_model_reloading.path: the one model's name
         self.loader: Callable[[str], Any] | None = None
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._found: dict[str, dict[int, Found]] = {}
         self._memory: Lru[Key, tuple[str, Any]] = Lru(cache_size)  # key -> (fingerprint, value)
         self._failed: dict[Key, Failure] = {}
@@ -66,6 +72,10 @@ class ModelStore:
     def refresh(self) -> None:
         """Look at the sources again: unload what is gone, load what is new or changed (at once
         without a cache; on first use with one)."""
+        with self._refreshing:  # the watcher and the object-store poll: an older listing must not land last
+            self._refresh()
+
+    def _refresh(self) -> None:
         found = discover(self.roots())
         with self._lock:
             self._found = found
@@ -98,6 +108,9 @@ class ModelStore:
     # -- get_model ----------------------------------------------------------------------------
 
     def get(self, model_name: Any, model_version: Any) -> Any:
+        if self.loader is None:  # Handler.__init__ runs before its load_model can be bound (so in Cortex)
+            raise ModelUnavailable("model_client.get_model cannot be called in Handler.__init__: models are loaded "
+                                   "with load_model once the Handler exists; call it from the handler's methods")
         name = self._name(model_name)
         if model_version is None or model_version == "latest":
             return self._latest(name)
@@ -109,11 +122,8 @@ class ModelStore:
     def _name(self, model_name: Any) -> str:
         with self._lock:
             names = sorted(self._found)
-        if self.single is not None:
-            if model_name is None or model_name == self.single:
-                return self.single
-            raise ModelNotFound(f"no model named {quoted(model_name)}: this API serves one model "
-                                "(multi_model_reloading.path); call get_model() without a model name")
+        if self.single is not None:  # Cortex took the one model whatever name was asked
+            return self.single
         if model_name is None:
             raise ModelNotFound(f"a model name is required (models: {_listing(names)})")
         if not isinstance(model_name, str) or model_name not in names:
@@ -134,6 +144,8 @@ class ModelStore:
                 raise ModelNotFound(f"model {quoted(name)} has no version {version} (versions: {_listing(versions)})")
             held = self._memory.get(key)
             failure = self._failed.get(key)
+        if failure is not None and self._retry(failure):
+            failure = None
         if held is not None:
             return held[1]
         if failure is not None:
@@ -146,9 +158,10 @@ class ModelStore:
         with self._lock:
             versions = self._versions(name)
             loaded = [v for v in versions if (name, v) in self._memory]
-            failed = {v: f.error for (n, v), f in self._failed.items() if n == name}
-        if not self.lazy and loaded:
-            return self._version(name, loaded[-1])
+            failed = {v: f.error for (n, v), f in self._failed.items() if n == name and not self._retry(f)}
+            held = self._memory.get((name, loaded[-1])) if loaded and not self.lazy else None
+        if held is not None:  # taken under the lock that chose it: a refresh cannot remove it in between
+            return held[1]
         errors = []
         for version in reversed(versions):  # with a cache (or nothing loaded yet): the highest that loads
             if version in failed:
@@ -156,9 +169,12 @@ class ModelStore:
                 continue
             try:
                 return self._version(name, version)
-            except ModelUnavailable as exc:
+            except (ModelUnavailable, ModelNotFound) as exc:  # failed, or removed since we looked
                 errors.append(str(exc.detail))
         raise ModelUnavailable(f"model {quoted(name)} has no version that loads: {errors[0] if errors else 'none found'}")
+
+    def _retry(self, failure: Failure) -> bool:
+        return self.lazy and time.monotonic() - failure.at >= RETRY_FAILED
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -178,7 +194,12 @@ class ModelStore:
             value = self._call_loader(key, found)
         except ModelUnavailable as exc:
             with self._lock:
-                self._failed[key] = Failure(found.fingerprint, str(exc.detail))
+                self._failed[key] = Failure(found.fingerprint, str(exc.detail), time.monotonic())
+                self._loading.pop(key, None)
+            pending.set_exception(exc)
+            raise
+        except BaseException as exc:  # load_model called sys.exit: the calls waiting on it must not hang
+            with self._lock:
                 self._loading.pop(key, None)
             pending.set_exception(exc)
             raise
@@ -196,7 +217,8 @@ class ModelStore:
         assert self.loader is not None, "load_model is bound before the first refresh"
         started = time.perf_counter()
         try:
-            value = self.loader(found.local())
+            with found.local() as path:
+                value = self.loader(path)
         except Exception as exc:  # noqa: BLE001 - the user's load_model; logged, then reported to callers
             seconds = time.perf_counter() - started
             self.events.log.error("model_load_failed", model=name, version=version, path=found.path, exc_info=exc)

@@ -4,6 +4,7 @@ integers, the highest is ``latest``; a model without version folders is one vers
 from __future__ import annotations
 
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,8 +25,9 @@ class Source(Protocol):
 
     def join(self, path: str, name: str) -> str: ...
 
-    def local(self, path: str, fingerprint: str) -> str:
-        """A local directory holding the version's files (downloaded first when remote)."""
+    def local(self, path: str, fingerprint: str) -> AbstractContextManager[str]:
+        """A local directory holding the version's files (downloaded first when remote), kept
+        while the ``with`` block (load_model) reads it."""
         ...
 
 
@@ -35,7 +37,7 @@ class Found:
     path: str         # the version's directory, in the source's terms
     fingerprint: str  # reloaded when this changes
 
-    def local(self) -> str:
+    def local(self) -> AbstractContextManager[str]:
         return self.source.local(self.path, self.fingerprint)
 
 
@@ -57,7 +59,9 @@ def model_versions(source: Source, root: str) -> dict[int, Found]:
         # no version folders: the directory itself is the one version (empty when it is gone)
         fingerprint = source.fingerprint(root)
         return {UNVERSIONED: Found(source, root, fingerprint)} if fingerprint else {}
-    return {v: Found(source, path, source.fingerprint(path)) for v, path in versioned.items()}
+    found = {v: Found(source, path, source.fingerprint(path)) for v, path in versioned.items()}
+    # an empty version folder is one being made (`mkdir 3 && cp ... 3/`): no version until files come
+    return {v: f for v, f in found.items() if f.fingerprint}
 
 
 def dir_models(source: Source, root: str) -> Roots:
