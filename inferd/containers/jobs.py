@@ -2,7 +2,8 @@
 ``JobWorkers`` of a container BatchAPI or TaskAPI (seeds 002 and 003).
 
 - AsyncAPI: each job is ``POST /`` (``ContainerReplica.call``); the reply must be 200 with a
-  JSON Content-Type and valid JSON, else the job fails naming what was wrong (``async_reply_problem``).
+  JSON Content-Type and valid JSON, else the job fails naming what was wrong (``async_reply_problem``);
+  a server that hangs up and lives on fails it too, one that dies under it requeues it once.
 - BatchAPI: each batch is ``POST /`` with the JSON array, ``Content-Type: application/json``
   and ``X-Cortex-Job-ID``; 200 is success, any other status a failed batch (retried within
   ``max_receive_count``). At the end one replica gets ``POST /on-job-complete``; a 404 means it
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from inferd.containers.engine import Engine
 from inferd.containers.launch import JobFiles
-from inferd.containers.replica import ContainerReplica
+from inferd.containers.replica import HANGUP_GRACE, ContainerReplica
 from inferd.gpu import visible_devices_env
 from inferd.jobs.batch_launch import COMPLETE_METHOD, RUN_METHOD, TASK_METHOD, Outcome
 from inferd.spec.model import PodSpec
@@ -32,7 +33,6 @@ from inferd.worker.backend import Response, WorkerBackend, WorkerGone, exit_reas
 
 JOB_ID_HEADER = "x-cortex-job-id"
 JOB_COMPLETE_BODY = b'"job_complete"'
-HANGUP_GRACE = 1.0  # a replica that hung up: how long before it counts as alive (the batch failed)
 QUOTE = 300         # characters of an unexpected answer quoted in an error
 
 
@@ -90,7 +90,7 @@ class ContainerJobWorkers:
                 reply = await worker.post("/on-job-complete", headers, JOB_COMPLETE_BODY)
         except WorkerGone as gone:
             await asyncio.wait({exited}, timeout=HANGUP_GRACE)
-            if exited.done():
+            if exited.done() or worker.state == "exited":  # exited: its other containers may take a while to go
                 raise
             return Outcome(False, str(gone))
         seconds = time.monotonic() - started

@@ -4,10 +4,11 @@ A replica has its own port (the daemon's pick, standing in for ``pod.port``) and
 scratch directory (the seeds' shared ``/mnt``), and runs the pod's containers side by side
 (``ContainerProcess``). It is ready once every readiness probe passed (no probe: once its port
 accepts a connection) and leaves rotation while one fails. A container that exits once the
-replica was ready is restarted in place (same port, same scratch directory, the pool's backoff),
-the replica out of rotation until its readiness passes again; a container exiting before that,
-or any exit in a job's replica (``JobRun`` restarts those), or a liveness probe failing
-``failure_threshold`` times, ends the whole replica, and its owner starts a new one. A task's
+replica was ready is restarted in place (same port, same scratch directory, the pool's backoff,
+its probes starting over), the replica out of rotation until its readiness passes again (why it
+is out: ``unready``); a container exiting before that, or any exit in a job's replica (``JobRun``
+restarts those), or a liveness probe failing ``failure_threshold`` times, ends the whole
+replica, and its owner starts a new one. A task's
 replica (``one_shot``) runs until every container exited, or one failed. ``stop`` lets
 admitted requests finish, runs ``pre_stop``, then SIGTERMs every container's process group and
 SIGKILLs it after the grace period; the scratch directory goes with the replica.
@@ -44,6 +45,7 @@ from inferd.containers.launch import (
 from inferd.containers.probes import ProbeState, ProbeTarget, attempt, tcp_socket
 from inferd.containers.process import ContainerProcess
 from inferd.containers.upstream import UpstreamGone, UpstreamPool
+from inferd.jobs.async_dispatch import NoReply
 from inferd.logs import get_logger
 from inferd.spec.model import ContainerSpec, PodSpec
 from inferd.worker import protocol
@@ -55,6 +57,8 @@ DEFAULT_READY_POLL = 0.05  # no readiness probe: how often the port is tried unt
 # out of rotation for now, back once readiness passes (a failing probe, a container restarting)
 RECOVERING = ("starting", "unready", "restarting", "failed")
 FAILED_EXIT_GRACE = 5.0    # a container died: how long its siblings get to stop
+ERROR_TAIL = 4000          # characters of a container's last stderr kept in an error (a progress bar is one line)
+HANGUP_GRACE = 1.0         # a server hung up: how long a container has to exit before it counts as alive
 
 
 class ContainerReplica:
@@ -92,7 +96,7 @@ class ContainerReplica:
         self._idle.set()
         self._ready: asyncio.Future[bool] | None = None
         self._ended: asyncio.Future[None] | None = None  # aborted or stopping: the replica goes
-        self._tasks: list[asyncio.Task[None]] = []  # liveness probes
+        self._liveness_tasks: dict[str, asyncio.Task[None]] = {}  # per container with a liveness probe
         self._readiness_task: asyncio.Task[None] | None = None
         self._failures = 0  # quick container exits in a row (their restarts back off)
         self._healthy_since = 0.0
@@ -100,6 +104,7 @@ class ContainerReplica:
         self._teardown: asyncio.Task[None] | None = None
         self._was_ready = False
         self._readiness: list[tuple[str, ProbeState]] = []
+        self.unready: str | None = None  # why it is out of rotation: its last readiness failure
         self.log = get_logger(api=api, slot=slot)
 
     @property
@@ -140,8 +145,7 @@ class ContainerReplica:
         else:
             self._readiness_task = loop.create_task(self._become_ready())
         for container in containers:
-            if container.liveness_probe is not None:
-                self._tasks.append(loop.create_task(self._liveness(container)))
+            self._watch_liveness(container)
         self.log.info("replica_started", port=self.port, scratch_dir=str(self._scratch),
                       containers={p.name: p.pid for p in self._processes})
 
@@ -165,7 +169,8 @@ class ContainerReplica:
             code = first.returncode
             if self.state not in ("stopping",) and self.error is None and not (self.one_shot and code == 0):
                 self.error = await self._exit_text(first, code)
-        await self._finish(FAILED_EXIT_GRACE if self.state != "stopping" else None)
+        # shielded: whoever cancels this watch (a job's consumer ending) must not cut the teardown short
+        await asyncio.shield(self._finish(FAILED_EXIT_GRACE if self.state != "stopping" else None))
         return code
 
     async def _exit_that_ends(self) -> ContainerProcess | None:
@@ -193,6 +198,8 @@ class ContainerReplica:
             words = "\n".join(process.stderr)
         else:
             words = process.last_words()
+        if len(words) > ERROR_TAIL:
+            words = "..." + words[-ERROR_TAIL:]
         return f"container {process.name} of api '{self.api}' {exit_reason(code)}{when}" + (f": {words}" if words else "")
 
     async def _restart_in_place(self, process: ContainerProcess) -> bool:
@@ -213,6 +220,9 @@ class ContainerReplica:
         self.restarts[process.name] += 1
         if self._readiness_task is not None:
             self._readiness_task.cancel()  # no probe puts it back in rotation before its container is back
+        liveness = self._liveness_tasks.pop(process.name, None)
+        if liveness is not None:
+            liveness.cancel()  # nor fails it while its container is down: it starts over with it
         self.log.warning("container_restarting", container=process.name, code=code, restart_in=delay, error=self.error)
         if self.upstream is not None:
             self.upstream.drop_idle()  # kept-alive connections to a server that is gone
@@ -228,8 +238,9 @@ class ContainerReplica:
             return False
         self._processes[self._processes.index(process)] = fresh
         self.pid = self._processes[0].pid
-        # probes start over with the container, as in Kubernetes
+        # probes start over with the container (liveness after its initial delay), as in Kubernetes
         self._readiness_task = asyncio.get_running_loop().create_task(self._become_ready())
+        self._watch_liveness(next(c for c in self.pod.containers if c.name == process.name))
         return True
 
     async def stop(self, timeout: float) -> None:
@@ -237,7 +248,7 @@ class ContainerReplica:
         SIGTERM and, after what is left of the grace period, SIGKILL."""
         if self._teardown is not None or self._ended is None:
             if self._teardown is not None:
-                await self._teardown
+                await asyncio.shield(self._teardown)
             return
         deadline = time.monotonic() + timeout
         self.state = "stopping"
@@ -247,7 +258,7 @@ class ContainerReplica:
             await self._pre_stop(max(deadline - time.monotonic(), 1.0))
         if not self._ended.done():
             self._ended.set_result(None)
-        await self._finish(max(deadline - time.monotonic(), 1.0))
+        await asyncio.shield(self._finish(max(deadline - time.monotonic(), 1.0)))
 
     async def _pre_stop(self, budget: float) -> None:
         actions = [(c.name, c.pre_stop) for c in self.pod.containers if c.pre_stop is not None]
@@ -269,7 +280,7 @@ class ContainerReplica:
         stopping = self.state == "stopping"
         self.state = "stopping" if stopping else "exited"
         self._settle_ready(False)
-        tasks = [*self._tasks, *([self._readiness_task] if self._readiness_task is not None else [])]
+        tasks = [*self._liveness_tasks.values(), *([self._readiness_task] if self._readiness_task is not None else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -333,7 +344,8 @@ class ContainerReplica:
         probes = [(c.name, ProbeState(c.readiness_probe)) for c in self.pod.containers if c.readiness_probe]
         self._readiness = probes
         if not probes:
-            while await tcp_socket(self.port, 1.0) is not None:
+            while (failure := await tcp_socket(self.port, 1.0)) is not None:
+                self.unready = f"no container accepts connections on the replica's port (pod.port): {failure}"
                 await asyncio.sleep(DEFAULT_READY_POLL)
             self._mark(True)
             return
@@ -345,19 +357,31 @@ class ContainerReplica:
             failure = await state.run_once(self._targets[name])
             if failure is None and all(s.passed for _, s in self._readiness):
                 self._mark(True)
-            elif failure is not None and state.failed and self.state == "ready":
-                self.log.warning("replica_not_ready", container=name, error=failure)
-                self._mark(False)
+            elif failure is not None and state.failed:
+                self._not_ready(name, failure)
             await asyncio.sleep(state.timing.period)
+
+    def _not_ready(self, container: str, failure: str) -> None:
+        """A readiness probe failed ``failure_threshold`` times: out of rotation, and why is told
+        (in ``/-/apis`` and, once per reason, in the log): a replica that never gets ready says so."""
+        reason = f"readiness probe of container {container} failed: {failure}"
+        if reason != self.unready or self.state == "ready":
+            self.log.warning("replica_not_ready", container=container, error=failure)
+        self.unready = reason
+        self._mark(False)
 
     def _mark(self, ready: bool) -> None:
         if ready and self.state in RECOVERING:
-            self.state, self._was_ready = "ready", True
+            self.state, self._was_ready, self.unready = "ready", True, None
             self._healthy_since = time.monotonic()
             self._settle_ready(True)
             self.log.info("replica_ready", port=self.port)
         elif not ready and self.state == "ready":
             self.state = "unready"  # out of rotation until its readiness probes pass again
+
+    def _watch_liveness(self, container: ContainerSpec) -> None:
+        if container.liveness_probe is not None:
+            self._liveness_tasks[container.name] = asyncio.get_running_loop().create_task(self._liveness(container))
 
     async def _liveness(self, container: ContainerSpec) -> None:
         assert container.liveness_probe is not None
@@ -399,10 +423,31 @@ class ContainerReplica:
     # -- whole requests: async jobs, batches -------------------------------------------------
 
     async def call(self, call: protocol.Call) -> Response:
-        """An async job: ``POST /`` with its body, Content-Type and ``X-Cortex-Request-ID``."""
+        """An async job: ``POST /`` with its body, Content-Type and ``X-Cortex-Request-ID``.
+        ``WorkerGone`` when a container died under it (the job goes back to the queue once),
+        ``NoReply`` when the server hung up on it and lives on (the job fails)."""
         headers = [("content-type", call.content_type)] if call.content_type else []
         body = call.body if isinstance(call.body, bytes) else b"".join(call.body)
-        return await self.post("/", [*headers, ("x-cortex-request-id", call.rid)], body)
+        try:
+            return await self.post("/", [*headers, ("x-cortex-request-id", call.rid)], body)
+        except WorkerGone as gone:
+            if await self._went_down():
+                raise
+            raise NoReply(f"the container gave no answer: {gone}") from None
+
+    async def _went_down(self) -> bool:
+        """After a hang-up: whether a container exited (or the replica went) within
+        ``HANGUP_GRACE``, rather than its server closing the connection on its own."""
+        if self._ended is None or self._ended.done() or self.state != "ready":
+            return True
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(p.wait()) for p in self._processes}
+        waiters.add(asyncio.ensure_future(asyncio.shield(self._ended)))
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=HANGUP_GRACE, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return bool(done) or self.state != "ready"
 
     async def post(self, path: str, headers: list[tuple[str, str]], body: bytes) -> Response:
         """One whole POST to the replica's port; ``WorkerGone`` when it is gone or hung up. The
@@ -424,6 +469,7 @@ class ContainerReplica:
     def describe(self) -> dict[str, Any]:
         return {"slot": self.slot, "pid": self.pid, "state": self.state, "gpus": list(self.gpus),
                 "in_flight": self.in_flight, "error": self.error, "port": self.port,
+                "not_ready": self.unready if self.state in RECOVERING else None,
                 "containers": [{"name": p.name, "pid": p.pid, "running": p.running, "restarts": self.restarts[p.name],
                                 "engine_container": p.launch.engine_name} for p in self._processes]}
 

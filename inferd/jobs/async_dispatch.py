@@ -4,7 +4,8 @@ One consumer per worker slot, each running one job at a time (Cortex ran one wor
 replica); a container replica takes ``pod.max_concurrency`` consumers. A reply is the job's
 result when it is 200 (a container's must also be JSON: ``check``). A job whose worker dies
 goes back to the queue once; the store fails it on its second interruption, so a poison job
-cannot kill workers forever.
+cannot kill workers forever. A worker that lives on but gave no answer (``NoReply``: a
+container's server hung up) fails the job at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from inferd.worker.pool import ApiUnavailable, CallTimedOut, WorkerDied, WorkerP
 
 log = get_logger()
 IDLE_POLL = 1.0  # a missed wake-up costs at most this long
+
+
+class NoReply(Exception):
+    """The worker lives but gave the job no answer (a container's server hung up, or refused the
+    connection): the job fails with this reason, and is not run again as after a worker's death."""
 
 
 def reply_error(body: bytes) -> str:
@@ -112,6 +118,9 @@ class AsyncDispatcher:
             status = await self.store.requeue(job.id)
             log.warning("async_job_interrupted", api=self.api, request_id=job.id, error=str(exc), status=status)
             return
+        except NoReply as exc:
+            await self._fail(job, str(exc))
+            return
         try:
             if self.check is not None:
                 problem = self.check(reply)
@@ -120,7 +129,14 @@ class AsyncDispatcher:
             if problem is None:
                 await self.store.complete(job.id, reply.body)
             else:
-                await self.store.fail(job.id, problem)
-                log.info("async_job_failed", api=self.api, request_id=job.id, status=reply.status, error=problem)
+                await self._fail(job, problem, reply.status)
         except UnknownJob:
             log.warning("async_job_vanished", api=self.api, request_id=job.id)  # swept while running
+
+    async def _fail(self, job: Job, problem: str, status: int | None = None) -> None:
+        try:
+            await self.store.fail(job.id, problem)
+        except UnknownJob:
+            log.warning("async_job_vanished", api=self.api, request_id=job.id)  # swept while running
+            return
+        log.info("async_job_failed", api=self.api, request_id=job.id, status=status, error=problem)

@@ -8,7 +8,7 @@ A BatchAPI consumer claims one batch at a time from the store and sends it as ``
 job's ``max_receive_count`` and then counted failed. Once every batch has finished, exactly one
 consumer wins ``claim_on_job_complete`` and runs ``batch.complete`` on its worker; the job is
 then ``succeeded``/``completed_with_failures`` (``complete()``), or ``worker_error`` when
-on_job_complete raised. A TaskAPI job is one ``task.run`` call.
+on_job_complete raised or its worker died under it. A TaskAPI job is one ``task.run`` call.
 
 Worker deaths: a batch whose worker died is failed once (retried within its limit) and the
 worker restarted, up to ``MAX_RESTARTS``; a worker killed by SIGKILL that inferd did not send
@@ -356,7 +356,15 @@ class JobRun:
         if not await self.store.claim_on_job_complete(self.id):
             await asyncio.wait({self.ended}, timeout=IDLE_POLL)
             return self.ended.done() or not (await self._still_running())
-        outcome = await self._call(worker, COMPLETE_METHOD, None, exited)
+        try:
+            outcome = await self._call(worker, COMPLETE_METHOD, None, exited)
+        except WorkerLost as lost:
+            # the claim is spent (no other worker may run on_job_complete): the job ends here, or
+            # every consumer would wait for an outcome no one records
+            self.worker_states[worker.slot] = "failed"
+            await self.store.record_on_job_complete(self.id, f"on_job_complete failed: {lost}")
+            await self._finish(WORKER_OOM if lost.oom else WORKER_ERROR, f"on_job_complete failed: {lost}")
+            return True
         if outcome.ok:
             await self.store.record_on_job_complete(self.id)
             status = await self.store.complete(self.id)

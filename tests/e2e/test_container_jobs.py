@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import INTERNAL_FAULTS, PROJECTS, RunningDaemon, pid_alive
+from tests.conftest import INTERNAL_FAULTS, PROJECTS, RunningDaemon, children_of, pid_alive
 from tests.e2e.jobs_client import status, submit, wait_for
 
 
@@ -80,12 +80,17 @@ def test_async_jobs_reach_the_container_with_their_body_type_and_request_id(daem
     ("text", "Content-Type text/plain, not application/json"),
     ("badjson", "not valid JSON"),
     ("status", "status 500, not 200"),
+    ("empty", "not valid JSON"),
+    # the server lives on: the job fails naming the hang-up, it is not run again as after a death
+    ("hangup", "the container closed the connection before it answered in full"),
 ])
 def test_an_async_reply_that_is_no_json_result_fails_the_job_naming_why(daemon: RunningDaemon, mode: str,
                                                                         named: str) -> None:
-    failed = poll_async(daemon, queue(daemon, json={"mode": mode}))
+    job_id = queue(daemon, json={"mode": mode})
+    failed = poll_async(daemon, job_id)
     assert failed["status"] == "failed" and named in failed["error"], failed
     assert "result" not in failed
+    assert len(calls(daemon, x_cortex_request_id=job_id)) == 1
 
 
 def test_a_replica_takes_at_most_max_concurrency_jobs_at_once(daemon: RunningDaemon) -> None:
@@ -171,6 +176,13 @@ def test_a_task_exiting_1_is_a_worker_error_with_its_output(daemon: RunningDaemo
     assert "exited with code 1" in done["error"] and "task says goodbye" in done["error"]
 
 
+def test_a_failed_task_s_error_keeps_only_the_tail_of_a_huge_output(daemon: RunningDaemon) -> None:
+    done = run_task(daemon, {"config": {"exit": 1, "noise": 3_000_000}})  # a progress bar: one 3 MB "line"
+    assert done["status"] == "worker_error", done
+    assert done["error"].startswith("container run of api 'task' exited with code 1: ") and len(done["error"]) < 10_000
+    assert "progress\rprogress" in done["error"][-100:], done["error"][-100:]
+
+
 def test_a_task_killed_by_sigkill_inferd_did_not_send_is_worker_oom(daemon: RunningDaemon) -> None:
     done = run_task(daemon, {"config": {"oom": True}})
     assert done["status"] == "worker_oom", done
@@ -209,3 +221,155 @@ def assert_no_replicas(daemon: RunningDaemon, api: str, timeout: float = 10) -> 
     while daemon.api(api).get("running_jobs") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert daemon.api(api)["running_jobs"] == 0
+
+
+def test_a_replica_dying_in_on_job_complete_ends_the_job_instead_of_hanging(daemon: RunningDaemon) -> None:
+    job = submit(daemon, "batches", {"workers": 1, "item_list": {"items": ["die_at_end"], "batch_size": 1}})
+    done = wait_for(daemon, "batches", job["job_id"], timeout=15)
+    assert done["status"] == "worker_error", done
+    assert "on_job_complete" in done["error"] and "exited with code 3" in done["error"], done
+    assert_no_replicas(daemon, "batches")
+
+
+def test_a_batch_replica_whose_command_cannot_run_is_a_worker_error_naming_it(daemon: RunningDaemon) -> None:
+    job = submit(daemon, "unrunnable-batches", {"workers": 1, "item_list": {"items": [1], "batch_size": 1}})
+    done = wait_for(daemon, "unrunnable-batches", job["job_id"], timeout=15)
+    assert done["status"] == "worker_error", done
+    assert "cannot run 'no-such-program-inferd'" in done["error"], done
+
+
+def test_a_task_whose_command_cannot_run_is_a_worker_error_naming_it(daemon: RunningDaemon) -> None:
+    done = run_task_of(daemon, "unrunnable-task", {})
+    assert done["status"] == "worker_error", done
+    assert "exited with code 127" in done["error"] and "cannot run 'no-such-program-inferd'" in done["error"], done
+
+
+def run_task_of(daemon: RunningDaemon, api: str, body: dict[str, Any]) -> dict[str, Any]:
+    job = submit(daemon, api, body)
+    return wait_for(daemon, api, job["job_id"], timeout=15)
+
+
+def descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        for child in children_of(todo.pop()):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def test_a_daemon_stopping_with_container_jobs_running_leaves_no_process_or_scratch(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(PROJECTS / "container_jobs", project)
+    running = RunningDaemon(project, tmp_path / "d", env={"INFERD_CONTAINER_ENGINE": "none"})
+    try:
+        running.wait_ready()
+        task = submit(running, "task", {"config": {"sleep": 60}})
+        batch = submit(running, "batches", {"workers": 2, "item_list": {"items": ["slow"] * 20, "batch_size": 1}})
+        jobs = [queue(running, json={"mode": "slow", "n": n}) for n in range(4)]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (
+                (project / f"task-{task['job_id']}.json").exists() and calls(running, x_cortex_job_id=batch["job_id"])
+                and calls(running, x_cortex_request_id=jobs[0])):
+            time.sleep(0.05)
+        started = descendants(running.proc.pid)
+        assert len(started) >= 4, started  # the task, two batch replicas, the async replica
+    finally:
+        assert running.stop() == 0
+    for pid in started:
+        assert_gone(pid, timeout=5)
+    scratch = running.state_dir / "scratch"
+    assert [p.name for p in scratch.iterdir()] == []
+    assert not any((running.state_dir / "jobs").rglob("spec.json"))
+
+
+NEVER_READY = """\
+- name: queue
+  kind: AsyncAPI
+  pod:
+    containers:
+      - name: api
+        command: [python, jobserver.py, $(CORTEX_PORT)]
+        readiness_probe:
+          http_get:
+            path: /unready
+            port: 8080
+          period_seconds: 1
+          failure_threshold: 1
+"""
+
+
+def test_a_replica_that_never_gets_ready_says_why_and_its_jobs_wait(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(PROJECTS / "container_jobs" / "jobserver.py", project)
+    (project / "cortex.yaml").write_text(NEVER_READY)
+    running = RunningDaemon(project, tmp_path / "d", env={"INFERD_CONTAINER_ENGINE": "none"})
+    try:
+        job_id = queue(running, json={"x": 1})
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "503" not in (running.api("queue")["workers"][0]["not_ready"] or ""):
+            time.sleep(0.1)
+        time.sleep(2)  # two more failed probes: the same reason is not logged again
+        (worker,) = running.api("queue")["workers"]
+        assert worker["state"] == "starting", worker
+        assert worker["not_ready"] == ("readiness probe of container api failed: GET /unready on port "
+                                       f"{worker['port']} answered 503"), worker
+        assert running.client.get(f"/queue/{job_id}").json()["status"] == "in_queue"
+        assert not calls(running, x_cortex_request_id=job_id)
+        told = [e for e in running.log_events() if e.get("event") == "replica_not_ready"]
+        # told once per reason: the port refused connections while the server started, then 503
+        assert told and told[-1]["error"].endswith("answered 503"), told
+        assert len({e["error"] for e in told}) == len(told) <= 2, told
+    finally:
+        running.stop()
+
+
+SLOW_START = """\
+- name: queue
+  kind: AsyncAPI
+  pod:
+    containers:
+      - name: api
+        command: [python, jobserver.py, $(CORTEX_PORT)]
+        env:
+          START_DELAY: "1.5"
+        liveness_probe:
+          tcp_socket:
+            port: 8080
+          initial_delay_seconds: 4
+          period_seconds: 1
+          failure_threshold: 1
+"""
+
+
+def test_a_container_restarted_in_place_gets_its_liveness_initial_delay_again(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(PROJECTS / "container_jobs" / "jobserver.py", project)
+    (project / "cortex.yaml").write_text(SLOW_START)
+    running = RunningDaemon(project, tmp_path / "d", env={"INFERD_CONTAINER_ENGINE": "none"})
+    try:
+        running.wait_ready()
+        (before,) = running.api("queue")["workers"]
+        time.sleep(4)  # the first liveness probes passed
+        done = poll_async(running, queue(running, json={"mode": "exit_once"}), timeout=20)
+        assert done["status"] == "completed", done
+        (after,) = running.api("queue")["workers"]
+        # the liveness probe waited for the restarted server: the replica was not aborted and replaced
+        assert after["port"] == before["port"] and after["containers"][0]["restarts"] == 1, after
+        assert not [e for e in running.log_events() if e.get("event") == "replica_aborted"]
+    finally:
+        running.stop()
+
+
+def test_batches_sent_while_a_dead_replica_stops_its_other_containers_are_not_failed(daemon: RunningDaemon) -> None:
+    # the server dies under its first batch; its sidecar takes 3 s to go after SIGTERM, and
+    # the batches meanwhile wait for the next replica instead of failing on the dying one
+    items = ["die_once", "a", "b", "c", "d"]
+    job = submit(daemon, "batches-sidecar", {"workers": 1, "item_list": {"items": items, "batch_size": 1}})
+    done = wait_for(daemon, "batches-sidecar", job["job_id"], timeout=30)
+    assert done["status"] == "succeeded", done
+    assert done["batch_metrics"]["succeeded"] == 5 and done["batch_metrics"]["failed"] == 0
+    sent = [json.loads(c["body"])[0] for c in calls(daemon, x_cortex_job_id=job["job_id"]) if c["path"] == "/"]
+    assert sorted(sent) == sorted([*items, "die_once"]), sent  # only the batch the server died under ran twice

@@ -3,6 +3,9 @@ result, where a job's replicas find the job spec, and which workers each kind's 
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 from inferd.containers.engine import Engine
 from inferd.containers.jobs import ContainerJobWorkers, async_reply_problem
 from inferd.containers.launch import JobFiles, ReplicaPlace, plan_container
+from inferd.containers.replica import ContainerReplica
 from inferd.jobs.batch_launch import PythonJobWorkers
 from inferd.kinds import get_kind
 from inferd.kinds.base import ApiRuntime, KindContext
@@ -18,7 +22,7 @@ from inferd.kinds.batch import BatchKind
 from inferd.metrics import Metrics
 from inferd.settings import Settings
 from inferd.spec import load_project
-from inferd.spec.model import ContainerSpec
+from inferd.spec.model import ContainerSpec, PodSpec
 from inferd.worker.backend import Response
 
 
@@ -95,3 +99,34 @@ def test_each_generation_of_job_api_starts_its_own_workers(tmp_path: Path) -> No
     assert batches.spec_envs == ("CORTEX_JOB_SPEC",)
     assert isinstance(task, ContainerJobWorkers) and task.one_shot
     assert task.spec_envs == ("CORTEX_TASK_SPEC", "CORTEX_JOB_SPEC")
+
+
+# a one-shot replica's second container: slow to stop (2 s after SIGTERM), it records its pid first
+SLOW_TO_STOP = ("import os, signal, sys, threading, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
+                "signal.signal(signal.SIGTERM, lambda *_: threading.Timer(2, os._exit, (0,)).start()); time.sleep(60)")
+
+
+def test_a_replica_stopped_while_its_exit_watch_is_cancelled_mid_teardown_stops_every_container(tmp_path: Path) -> None:
+    # a job's run cancels the replica's exit watch (its consumer ends) while one container's exit
+    # is tearing the replica down; the teardown must go on, and ``stop`` must wait for it
+    pid_file = tmp_path / "slow.pid"
+    pod = PodSpec(containers=(
+        ContainerSpec(name="quits", image="", command=(sys.executable, "-c", "import time; time.sleep(0.5); exit(1)")),
+        ContainerSpec(name="slow", image="", command=(sys.executable, "-c", SLOW_TO_STOP, str(pid_file))),
+    ))
+
+    async def scenario() -> None:
+        replica = ContainerReplica("job", 0, pod, dict(os.environ), (), tmp_path, "http://127.0.0.1:1", tmp_path / "scratch",
+                                   None, job=JobFiles(tmp_path / "spec.json", ("CORTEX_TASK_SPEC",)), one_shot=True)
+        await replica.start()
+        exited = asyncio.get_running_loop().create_task(replica.wait_exit())
+        while replica.state != "exited":  # "quits" exited: the teardown is SIGTERMing "slow"
+            await asyncio.sleep(0.02)
+        exited.cancel()
+        await asyncio.gather(exited, return_exceptions=True)
+        await replica.stop(5.0)
+        pid = int(pid_file.read_text())
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+        assert list((tmp_path / "scratch").iterdir()) == []
+
+    asyncio.run(scenario())

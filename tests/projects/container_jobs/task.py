@@ -1,6 +1,7 @@
 """The user's task container for the TaskAPI test: reads its job spec (CORTEX_TASK_SPEC), writes
 what it saw to ``task-<job id>.json`` in the working directory, then does what ``config`` says:
-``sleep`` seconds, ``oom`` (SIGKILL itself, as the OOM killer would), or exit with ``exit``."""
+``sleep`` seconds, ``oom`` (SIGKILL itself, as the OOM killer would), write ``noise`` characters
+to stderr on one line (as a progress bar does), or exit with ``exit``."""
 
 import json
 import os
@@ -18,6 +19,8 @@ with open(f"task-{spec['job_id']}.json", "w") as f:
     json.dump(seen, f)
 print("task says goodbye", file=sys.stderr, flush=True)
 time.sleep(float(config.get("sleep", 0)))
+if config.get("noise"):
+    print("\r".join(["progress"] * (int(config["noise"]) // 9)), file=sys.stderr, flush=True)
 if config.get("oom"):
     os.kill(os.getpid(), signal.SIGKILL)
 sys.exit(int(config.get("exit", 0)))
