@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realtime import HERE, LUA, free_port, print_case, run_wrk, start, stop, wait_for  # noqa: E402
+from realtime import HERE, LUA, free_port, print_case, start, stop, wrk_rounds  # noqa: E402
 
 API = "noop"
 
@@ -67,18 +67,10 @@ def main() -> None:
         inferd = start([sys.executable, "-m", "inferd", "run", "--project", str(project), "--port", str(port),
                         "--grpc-port", str(free_port()), "--state-dir", str(root / "state"), "--log-level", "warning"],
                        root / "inferd.log", {"INFERD_CONTAINER_ENGINE": "none"})
-        rounds = []
         try:
             inferd_url = f"http://127.0.0.1:{port}"
             direct = replica_port(inferd_url)
-            targets = {"inferd": f"{inferd_url}/{API}", "bare": f"http://127.0.0.1:{direct}/"}
-            for url in targets.values():
-                wait_for(url)
-                run_wrk(url, argparse.Namespace(threads=1, connections=4, duration=2), script)  # warm-up
-            for n in range(args.rounds):
-                order = list(targets) if n % 2 == 0 else list(reversed(targets))
-                results = {name: run_wrk(targets[name], args, script) for name in order}
-                rounds.append({name: results[name] for name in targets})
+            rounds = wrk_rounds({"inferd": f"{inferd_url}/{API}", "bare": f"http://127.0.0.1:{direct}/"}, args, script)
         finally:
             stop(inferd)
     print_case(f"container RealtimeAPI: proxy vs the container directly, wrk -c{args.connections}", rounds, 0.7)

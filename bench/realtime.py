@@ -107,6 +107,20 @@ def print_case(title: str, rounds: list[dict[str, dict[str, float]]], target: fl
     print(f"p50 overhead: {overhead:+.2f} ms")
 
 
+def wrk_rounds(targets: dict[str, str], args: argparse.Namespace, script: Path) -> list[dict[str, dict[str, float]]]:
+    """wrk on each of ``targets`` (name: URL) once it answers and is warmed up; ``--rounds`` times,
+    the order swapped every round."""
+    for url in targets.values():
+        wait_for(url)
+        run_wrk(url, argparse.Namespace(threads=1, connections=4, duration=2), script)  # warm-up
+    rounds = []
+    for n in range(args.rounds):
+        order = list(targets) if n % 2 == 0 else list(reversed(targets))
+        results = {name: run_wrk(targets[name], args, script) for name in order}
+        rounds.append({name: results[name] for name in targets})
+    return rounds
+
+
 def wrk_pair(root: Path, args: argparse.Namespace, api: str, handler: str,
              lua: str) -> list[dict[str, dict[str, float]]]:
     """inferd serving ``handler`` as API ``api`` vs bare_app.py's route of the same name, under wrk;
@@ -121,20 +135,12 @@ def wrk_pair(root: Path, args: argparse.Namespace, api: str, handler: str,
                     "--grpc-port", str(free_port()), "--state-dir", str(root / f"state-{api}"),
                     "--log-level", "warning"], root / f"inferd-{api}.log")
     bare = start([sys.executable, str(HERE / "bare_app.py"), str(bare_port), str(HERE)], root / f"bare-{api}.log")
-    rounds = []
     try:
-        targets = {"inferd": f"http://127.0.0.1:{inferd_port}/{api}", "bare": f"http://127.0.0.1:{bare_port}/{api}"}
-        for url in targets.values():
-            wait_for(url)
-            run_wrk(url, argparse.Namespace(threads=1, connections=4, duration=2), script)  # warm-up
-        for n in range(args.rounds):
-            order = list(targets) if n % 2 == 0 else list(reversed(targets))
-            results = {name: run_wrk(targets[name], args, script) for name in order}
-            rounds.append({name: results[name] for name in targets})
+        return wrk_rounds({"inferd": f"http://127.0.0.1:{inferd_port}/{api}",
+                           "bare": f"http://127.0.0.1:{bare_port}/{api}"}, args, script)
     finally:
         stop(inferd)
         stop(bare)
-    return rounds
 
 
 def http_case(root: Path, args: argparse.Namespace) -> None:

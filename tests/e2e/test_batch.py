@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import INTERNAL_FAULTS, RunningDaemon, children_of, metrics_once
-from tests.e2e.jobs_client import ENV, REPO, items_and_ends, start, status, submit, wait_for, wait_no_workers
+from tests.conftest import RunningDaemon, children_of, metrics_once, shared_daemon
+from tests.e2e.jobs_client import ENV, PROJECT, REPO, items_and_ends, start, status, submit, wait_for, wait_no_workers
 
 SPEC_KEYS = ["job_id", "api_name", "kind", "workers", "sqs_dead_letter_queue", "config", "timeout", "api_id",
              "sqs_url", "total_batch_count", "start_time"]
@@ -23,13 +23,7 @@ SPEC_KEYS = ["job_id", "api_name", "kind", "workers", "sqs_dead_letter_queue", "
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
-    running = start(tmp_path_factory.mktemp("batch"))
-    try:
-        yield running
-    finally:
-        running.stop()
-    faults = [e for e in running.log_events() if e.get("event") in INTERNAL_FAULTS]
-    assert not faults, faults[:3]
+    yield from shared_daemon(PROJECT, tmp_path_factory, env=ENV)
 
 
 def config(tmp_path: Path, **extra: object) -> dict[str, object]:

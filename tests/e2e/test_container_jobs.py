@@ -283,6 +283,15 @@ def test_a_daemon_stopping_with_container_jobs_running_leaves_no_process_or_scra
     assert not any((running.state_dir / "jobs").rglob("spec.json"))
 
 
+def jobserver_daemon(tmp_path: Path, cortex_yaml: str) -> RunningDaemon:
+    """A daemon, started but not yet ready, on a project of jobserver.py and ``cortex_yaml``."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(PROJECTS / "container_jobs" / "jobserver.py", project)
+    (project / "cortex.yaml").write_text(cortex_yaml)
+    return RunningDaemon(project, tmp_path / "d", env={"INFERD_CONTAINER_ENGINE": "none"})
+
+
 NEVER_READY = """\
 - name: queue
   kind: AsyncAPI
@@ -300,11 +309,7 @@ NEVER_READY = """\
 
 
 def test_a_replica_that_never_gets_ready_says_why_and_its_jobs_wait(tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copy(PROJECTS / "container_jobs" / "jobserver.py", project)
-    (project / "cortex.yaml").write_text(NEVER_READY)
-    running = RunningDaemon(project, tmp_path / "d", env={"INFERD_CONTAINER_ENGINE": "none"})
+    running = jobserver_daemon(tmp_path, NEVER_READY)
     try:
         job_id = queue(running, json={"x": 1})
         deadline = time.monotonic() + 15
@@ -344,11 +349,7 @@ SLOW_START = """\
 
 
 def test_a_container_restarted_in_place_gets_its_liveness_initial_delay_again(tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copy(PROJECTS / "container_jobs" / "jobserver.py", project)
-    (project / "cortex.yaml").write_text(SLOW_START)
-    running = RunningDaemon(project, tmp_path / "d", env={"INFERD_CONTAINER_ENGINE": "none"})
+    running = jobserver_daemon(tmp_path, SLOW_START)
     try:
         running.wait_ready()
         (before,) = running.api("queue")["workers"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import INTERNAL_FAULTS, RunningDaemon
-from tests.e2e.jobs_client import start, submit, wait_for, wait_no_workers
+from tests.conftest import RunningDaemon, shared_daemon
+from tests.e2e.jobs_client import ENV, PROJECT, submit, wait_for, wait_no_workers
 
 SPEC_KEYS = ["job_id", "api_name", "kind", "workers", "config", "timeout", "api_id", "spec_id", "handler_id",
              "start_time"]
@@ -18,13 +18,7 @@ SPEC_KEYS = ["job_id", "api_name", "kind", "workers", "config", "timeout", "api_
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
-    running = start(tmp_path_factory.mktemp("task"))
-    try:
-        yield running
-    finally:
-        running.stop()
-    faults = [e for e in running.log_events() if e.get("event") in INTERNAL_FAULTS]
-    assert not faults, faults[:3]
+    yield from shared_daemon(PROJECT, tmp_path_factory, env=ENV)
 
 
 def test_ready_with_no_job(daemon: RunningDaemon) -> None:

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError
 
-from inferd.store import CURRENT_VERSION, AsyncJobStore, BatchJob, BatchJobStore, StopResult
+from inferd.store import CURRENT_VERSION, BatchJob, BatchJobStore, StopResult
 from inferd.store import batch as batch_module
 from inferd.store.batch import (
     BATCH_FAILED,
@@ -35,34 +35,16 @@ from inferd.store.batch import (
     WORKER_ERROR,
 )
 from inferd.store.schema import MIGRATIONS, batch_jobs, job_batches, migrate
+from tests.unit.store_support import Clock, run_on_store
 
 T = TypeVar("T")
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 _MAX_INT64 = 2**63 - 1
 
 
-class Clock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
-
-
 def with_store(path: Path, body: Callable[[BatchJobStore], Awaitable[T]], clock: Clock | None = None) -> T:
-    clock = clock or Clock()
-
-    async def main() -> T:
-        jobs = await AsyncJobStore.open(path, clock)
-        try:
-            return await body(BatchJobStore(jobs, clock=clock))
-        finally:
-            await jobs.close()
-
-    return asyncio.run(main())
+    clock = clock or Clock(T0)
+    return run_on_store(path, clock, lambda jobs: body(BatchJobStore(jobs, clock=clock)))
 
 
 def job_id_at(moment: datetime) -> str:
@@ -186,7 +168,7 @@ def test_retry_limit_from_max_receive_count(tmp_path: Path, max_receive_count: i
 
 
 def test_succeed_put_back_and_average_time(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: BatchJobStore) -> None:
         await running_job(store, batches=3)
@@ -230,7 +212,7 @@ def test_complete_succeeded_or_with_failures_once_nothing_is_open(tmp_path: Path
 
 
 def test_status_transitions_and_error_text(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: BatchJobStore) -> None:
         await store.create(spec_of("j1"), payloads(1))
@@ -349,7 +331,7 @@ def test_recent_lists_newest_first_with_a_limit(tmp_path: Path) -> None:
 
 
 def test_sweep_deletes_only_finished_jobs_past_retention(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: BatchJobStore) -> None:
         await running_job(store, "old", batches=3)

@@ -30,36 +30,16 @@ from inferd.store.runpod import (
     TIMED_OUT,
 )
 from inferd.store.schema import MIGRATIONS, migrate, runpod_jobs, runpod_stream
+from tests.unit.store_support import Clock, run_on_store
 
 T = TypeVar("T")
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
 DAY_MS = 86_400_000
 
 
-class Clock:
-    """A clock the tests move by hand."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
-
-
 def with_store(path: Path, body: Callable[[RunPodJobStore], Awaitable[T]], clock: Clock | None = None) -> T:
-    clock = clock or Clock()
-
-    async def main() -> T:
-        jobs = await AsyncJobStore.open(path, clock)
-        try:
-            return await body(RunPodJobStore(jobs, clock=clock))
-        finally:
-            await jobs.close()
-
-    return asyncio.run(main())
+    clock = clock or Clock(T0)
+    return run_on_store(path, clock, lambda jobs: body(RunPodJobStore(jobs, clock=clock)))
 
 
 async def submit(store: RunPodJobStore, api: str = "a", *, sync: bool = False, ttl_ms: int = DAY_MS,
@@ -76,7 +56,7 @@ async def running(store: RunPodJobStore, api: str = "a", **kwargs: Any) -> RunPo
 
 
 def test_submit_then_get(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: RunPodJobStore) -> None:
         job = await submit(store)
@@ -99,7 +79,7 @@ def test_submit_then_get(tmp_path: Path) -> None:
 
 
 def test_status_json_and_times(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: RunPodJobStore) -> None:
         job = await submit(store)
@@ -128,7 +108,7 @@ def test_status_json_and_times(tmp_path: Path) -> None:
 
 
 def test_claim_follows_submission_order_per_api(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: RunPodJobStore) -> None:
         a1, b1, a2, a3 = [await submit(store, api) for api in ("a", "b", "a", "a")]
@@ -225,7 +205,7 @@ def test_stream_chunks_are_handed_out_once_in_order(tmp_path: Path) -> None:
 
 
 def test_cancel(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: RunPodJobStore) -> None:
         job = await running(store)
@@ -248,7 +228,7 @@ def test_cancel(tmp_path: Path) -> None:
 
 
 def test_retry_only_failed_or_timed_out_to_the_back_of_the_queue(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: RunPodJobStore) -> None:
         job = await running(store)
@@ -296,7 +276,7 @@ def test_purge_deletes_only_queued_jobs_of_the_api(tmp_path: Path) -> None:
 
 
 def test_requeue_keeps_stream_then_fails_with_the_reason(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: RunPodJobStore) -> None:
         job = await running(store)
@@ -372,7 +352,7 @@ def test_counts_and_queue_length(tmp_path: Path) -> None:
 
 
 def test_retention_after_finishing(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def main() -> None:
         jobs = await AsyncJobStore.open(tmp_path / "jobs.db", clock)
@@ -406,7 +386,7 @@ def test_retention_after_finishing(tmp_path: Path) -> None:
 
 
 def test_ttl_counts_from_submission_while_not_finished(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: RunPodJobStore) -> None:
         job = await running(store, "a", ttl_ms=10_000)
@@ -432,7 +412,7 @@ def test_ttl_counts_from_submission_while_not_finished(tmp_path: Path) -> None:
 
 
 def test_claim_skips_jobs_past_their_ttl(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: RunPodJobStore) -> None:
         await submit(store, ttl_ms=10_000)

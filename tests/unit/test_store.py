@@ -29,33 +29,14 @@ from inferd.store import (
     UnknownJob,
 )
 from inferd.store.schema import MIGRATIONS, jobs, migrate
+from tests.unit.store_support import Clock, run_on_store
 
 T = TypeVar("T")
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
-class Clock:
-    """A clock the tests move by hand."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
-
-
 def with_store(path: Path, body: Callable[[AsyncJobStore], Awaitable[T]], clock: Clock | None = None) -> T:
-    async def main() -> T:
-        store = await AsyncJobStore.open(path, clock or Clock())
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
+    return run_on_store(path, clock or Clock(T0), body)
 
 
 async def submit(store: AsyncJobStore, api: str = "a", payload: bytes = b'{"x": 1}') -> str:
@@ -87,7 +68,7 @@ def test_unknown_id_or_other_api_is_none(tmp_path: Path) -> None:
 
 
 def test_claim_follows_submission_order_per_api(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: AsyncJobStore) -> None:
         a1, b1, a2, a3 = [await submit(store, api) for api in ("a", "b", "a", "a")]
@@ -104,7 +85,7 @@ def test_claim_follows_submission_order_per_api(tmp_path: Path) -> None:
 
 
 def test_complete_and_fail_shapes(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: AsyncJobStore) -> None:
         ok_id, bad_id = await submit(store), await submit(store)
@@ -239,7 +220,7 @@ def test_requeue_one_job(tmp_path: Path) -> None:
 
 
 def test_sweep_deletes_only_rows_past_retention(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
 
     async def body(store: AsyncJobStore) -> None:
         old = await asyncio.gather(*[submit(store, api) for api in ["a"] * 2400 + ["b"] * 5])
