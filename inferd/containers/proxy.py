@@ -219,11 +219,10 @@ class ContainerProxy:
         watcher: asyncio.Task[Any] | None = None
         try:
             data = await conn.read_body()
-            if conn.complete and not conn.chunks:  # the whole answer is here: one write
-                await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            if conn.complete:  # the whole answer is here (read_body took every piece): one write
                 await send({"type": "http.response.body", "body": data or b""})
                 return status
-            await send({"type": "http.response.start", "status": status, "headers": headers})
             if not any(name == b"content-length" for name, _ in headers):
                 watcher = asyncio.ensure_future(_until_disconnect(receive, conn)) if sender is None else None
             while data is not None:

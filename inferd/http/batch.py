@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
-from inferd.http.body import BodyTooLarge, ClientGone, read_body, send_too_large
+from inferd.http.body import BodyTooLarge, ClientGone, content_length, read_body, send_too_large
 from inferd.http.responses import send_bytes, send_json
 from inferd.jobs.batch_jobs import JobManager
 from inferd.jobs.batch_submission import MAX_BODY_BYTES, SubmissionError, dry_run, dry_run_error, parse_submission
@@ -84,9 +84,8 @@ class JobEndpoint:
         return 405
 
     async def _submit(self, scope: Scope, receive: Receive, send: Send, dry: bool) -> int:
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         try:
-            body = await read_body(receive, MAX_BODY_BYTES, length)
+            body = await read_body(receive, MAX_BODY_BYTES, content_length(scope["headers"]))
         except BodyTooLarge:
             await send_too_large(send, self.api, MAX_BODY_BYTES)
             return 413

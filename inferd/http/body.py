@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from starlette.types import Receive, Send
 
-from inferd.http.responses import send_error
+from inferd.http.responses import RawHeaders, send_error
 
 
 class BodyTooLarge(Exception):
@@ -16,6 +16,11 @@ class BodyTooLarge(Exception):
 
 class ClientGone(Exception):
     pass
+
+
+def content_length(headers: RawHeaders) -> bytes | None:
+    """The request's ``Content-Length`` as sent (``read_body`` judges it); None without one."""
+    return next((value for name, value in headers if name == b"content-length"), None)
 
 
 async def read_body(receive: Receive, limit: int, content_length: bytes | str | None = None) -> bytes:

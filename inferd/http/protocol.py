@@ -80,10 +80,11 @@ class HeldHead:
     same loop step (a stream whose first piece is slow) is sent at the end of the step, so a
     client never waits on headers the server already has."""
 
-    __slots__ = ("transport", "head", "fresh")
+    __slots__ = ("transport", "loop", "head", "fresh")
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self.transport = transport
+        self.loop = loop
         self.head: bytes | None = None
         self.fresh = True  # nothing but 100 Continue written yet
 
@@ -91,7 +92,7 @@ class HeldHead:
         if self.fresh and data != CONTINUE:
             self.fresh = False
             self.head = data
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
             return
         head, self.head = self.head, None
         if head is None:
@@ -215,7 +216,7 @@ class InferdHttpProtocol(HttpToolsProtocol):
         self._close_after_answer = not self.cycle.keep_alive
         self.cycle.keep_alive = True
         if self.cycle.scope["method"] != "HEAD":  # an answer to HEAD has no body write to ride on
-            self.cycle.transport = HeldHead(self.transport)  # type: ignore[assignment]
+            self.cycle.transport = HeldHead(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         if self._rejected:

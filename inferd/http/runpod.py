@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from starlette.datastructures import QueryParams
 from starlette.types import Receive, Scope, Send
 
-from inferd.http.body import BodyTooLarge, ClientGone, read_body
+from inferd.http.body import BodyTooLarge, ClientGone, content_length, read_body, send_too_large
 from inferd.http.responses import send_error, send_json
 from inferd.jobs.webhooks import WebhookSender
 from inferd.metrics import Metrics
@@ -212,11 +212,10 @@ class RunPodEndpoint:
     # -- submitting ------------------------------------------------------------------------------
 
     async def _submit(self, scope: Scope, receive: Receive, send: Send, limit: int, sync: bool) -> RunPodJob | int:
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         try:
-            body = await read_body(receive, limit, length)
+            body = await read_body(receive, limit, content_length(scope["headers"]))
         except BodyTooLarge:
-            await send_error(send, 413, self.api, f"request body is larger than the limit of {limit} bytes")
+            await send_too_large(send, self.api, limit)
             return 413
         except ClientGone:
             return 0

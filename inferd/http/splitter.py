@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inferd.http.body import BodyTooLarge, ClientGone, read_body, send_too_large
+from inferd.http.body import BodyTooLarge, ClientGone, content_length, read_body, send_too_large
 from inferd.http.cors import CorsApp
 from inferd.http.realtime import REQUEST_ID
 from inferd.http.responses import RawHeaders, send_error
@@ -76,10 +76,6 @@ def with_request_id(headers: RawHeaders) -> tuple[str, RawHeaders]:
             return value.decode(), headers
     rid = uuid.uuid4().hex
     return rid, [*(h for h in headers if h[0] != b"x-request-id"), (b"x-request-id", rid.encode())]
-
-
-def content_length(headers: RawHeaders) -> bytes | None:
-    return next((value for name, value in headers if name == b"content-length"), None)
 
 
 def replay(body: bytes, then: Receive) -> Receive:

@@ -27,7 +27,7 @@ class Transport:
 
 def held() -> tuple[HeldHead, Transport]:
     transport = Transport()
-    return HeldHead(transport), transport  # type: ignore[arg-type]
+    return HeldHead(transport, asyncio.get_running_loop()), transport  # type: ignore[arg-type]
 
 
 def test_head_and_body_leave_in_one_write() -> None:
