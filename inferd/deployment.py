@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from inferd.containers.launch import BASE_URL_ENV
-from inferd.gpu import GpuDevice, GpuRequest, assign_gpus, hinted_gpus
+from inferd.gpu import GpuDevice, assign_gpus, gpu_request
 from inferd.http.routing import BaseRoute, RouteTable
 from inferd.kinds import get_kind, has_workers, unsupported_reason
 from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, WorkerLaunch
@@ -59,11 +59,11 @@ class Deployment:
         notes = {}
         requests = []
         for api in servable:
-            gpus, note = hinted_gpus(api.gpus_per_replica, len(inventory), api.gpu_hint)
+            request, note = gpu_request(api, len(inventory))
             if note is not None:
                 notes[api.name] = note
                 log.warning("gpu_hint_reduced", api=api.name, detail=note)
-            requests.append(GpuRequest(api.name, api.replicas, api.processes_per_replica, gpus))
+            requests.append(request)
         plan = assign_gpus(inventory, requests, self._placed(exclude=wanted))
         for warning in plan.warnings:
             log.warning("gpu_shared", detail=warning)

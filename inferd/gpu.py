@@ -12,7 +12,10 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # the spec is data only; the planner needs no import of it to run
+    from inferd.spec import ApiSpec
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -302,6 +305,13 @@ def _check_indexes(indexes: Sequence[int], inventory: Sequence[GpuDevice]) -> No
     if inventory:
         unknown = sorted(set(indexes) - {device.index for device in inventory})
         _require(not unknown, f"GPU indexes {unknown} are not in the inventory")
+
+
+def gpu_request(api: ApiSpec, available: int) -> tuple[GpuRequest, str | None]:
+    """What an API asks of the GPU plan on a node with ``available`` GPUs, and the note when a
+    hint was cut down (the daemon and ``inferd validate`` plan alike)."""
+    gpus, note = hinted_gpus(api.gpus_per_replica, available, api.gpu_hint)
+    return GpuRequest(api.name, api.replicas, api.processes_per_replica, gpus), note
 
 
 def hinted_gpus(wanted: int, available: int, hint: bool) -> tuple[int, str | None]:

@@ -7,7 +7,6 @@ by ``timeout_seconds``; a value of 0 in a timing field means Kubernetes' default
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inferd.spec.model import ProbeSpec
+from inferd.worker.process import signal_group
 
 HOST = "127.0.0.1"
 OUTPUT_LIMIT = 400  # characters of an exec probe's output kept in its failure reason
@@ -93,10 +93,7 @@ async def run_exec(argv: Sequence[str], env: Mapping[str, str], cwd: Path, timeo
     try:
         output, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(proc.pid, signal.SIGKILL)
         await proc.wait()
         return f"{' '.join(argv)}: still running after {timeout:g}s"
     if proc.returncode == 0:

@@ -17,34 +17,18 @@ from collections.abc import Callable
 
 from inferd.containers.launch import ContainerLaunch
 from inferd.logs import get_logger
-from inferd.worker.process import LINE_LIMIT, drain_output, exit_code, relay_output
+from inferd.worker.process import LAUNCHER_PRELUDE, LINE_LIMIT, drain_output, exit_code, relay_output, signal_group
 
 STDERR_TAIL = 20
 
 # ``python -I -S -c LAUNCHER <daemon pid> <argv...>``: die with the daemon, then become argv.
-LAUNCHER = """\
-import ctypes, os, signal, sys
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-except (OSError, AttributeError):
-    pass
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(1)
+LAUNCHER = LAUNCHER_PRELUDE + """\
 try:
     os.execvp(sys.argv[2], sys.argv[2:])
 except OSError as exc:
     sys.stderr.write(f"inferd: cannot run {sys.argv[2]!r}: {exc.strerror}\\n")
     sys.exit(127 if isinstance(exc, FileNotFoundError) else 126)
 """
-
-
-def signal_group(pid: int | None, sig: int) -> None:
-    if pid is None:
-        return
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class ContainerProcess:

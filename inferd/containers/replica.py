@@ -167,7 +167,7 @@ class ContainerReplica:
         code: int | None = None
         if first is not None:
             code = first.returncode
-            if self.state not in ("stopping",) and self.error is None and not (self.one_shot and code == 0):
+            if self.state != "stopping" and self.error is None and not (self.one_shot and code == 0):
                 self.error = await self._exit_text(first, code)
         # shielded: whoever cancels this watch (a job's consumer ending) must not cut the teardown short
         await asyncio.shield(self._finish(FAILED_EXIT_GRACE if self.state != "stopping" else None))

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from inferd.control.jobs_view import progress_lines, status_progress
+from inferd.control.jobs_view import progress_lines, status_progress, text_table
 from inferd.control.schema import SERVICE, ControlSchema, load_schema
 
 
@@ -79,12 +79,9 @@ def status_table(reply: Any) -> str:
              ",".join(map(str, a.gpus)) or "-", f"{a.requests_per_second:.1f}", f"{a.p50_ms:.1f}",
              f"{a.p99_ms:.1f}", str(a.queue_length) if a.HasField("queue_length") else "-", a.state,
              (a.last_error or "-")[:60]) for a in reply.apis]
-    widths = [max(len(str(cell)) for cell in column) for column in zip(COLUMNS, *rows, strict=False)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
-             for row in (COLUMNS, *rows)]
     footer = (f"\ninferd pid {reply.pid}, up {reply.uptime_seconds:.0f}s, project {reply.project}"
               f"\nlast reload: {reply.last_reload}")
-    return "\n".join(lines) + status_progress([json.loads(a.detail_json) for a in reply.apis]) + footer
+    return text_table(COLUMNS, rows) + status_progress([json.loads(a.detail_json) for a in reply.apis]) + footer
 
 
 def model_lines(models: dict[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 BAR_WIDTH = 24
@@ -34,6 +35,19 @@ def status_progress(details: list[dict[str, Any]]) -> str:
     return "\nrunning jobs:\n" + "\n".join(lines) if lines else ""
 
 
+def text_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """``columns`` over ``rows``, each column as wide as its widest cell (trailing spaces cut)."""
+    widths = [max(len(cell) for cell in column) for column in zip(columns, *rows, strict=False)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
+                     for row in (columns, *rows))
+
+
+def _batches(job: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    """A job status's batch_metrics, its batches finished and its total."""
+    metrics = job.get("batch_metrics") or {}
+    return metrics, metrics.get("succeeded", 0) + metrics.get("failed", 0), job.get("total_batch_count", 0)
+
+
 COLUMNS = ("JOB ID", "STATUS", "BATCHES", "FAILED", "WORKERS", "STARTED", "ENDED")
 
 
@@ -42,16 +56,12 @@ def jobs_table(jobs: list[dict[str, Any]]) -> str:
         return "no jobs"
     rows = []
     for job in jobs:
-        metrics = job.get("batch_metrics") or {}
-        total = job.get("total_batch_count", 0)
-        done = metrics.get("succeeded", 0) + metrics.get("failed", 0)
+        metrics, done, total = _batches(job)
         batched = "batches_in_queue" in job  # a TaskAPI job has no batches
         rows.append((job["job_id"], job["status"], f"{done}/{total}" if batched else "-",
                      str(metrics.get("failed", 0)) if batched else "-", str(job["workers"]),
                      job.get("start_time", "-"), job.get("end_time", "-")))
-    widths = [max(len(cell) for cell in column) for column in zip(COLUMNS, *rows, strict=False)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
-                     for row in (COLUMNS, *rows))
+    return text_table(COLUMNS, rows)
 
 
 def job_detail(job: dict[str, Any]) -> str:
@@ -59,9 +69,7 @@ def job_detail(job: dict[str, Any]) -> str:
              f"workers {job['workers']}, timeout {job.get('timeout') or '-'}",
              f"started {job.get('start_time', '-')}, ended {job.get('end_time', '-')}"]
     if "batches_in_queue" in job:
-        metrics = job.get("batch_metrics") or {}
-        total = job.get("total_batch_count", 0)
-        done = metrics.get("succeeded", 0) + metrics.get("failed", 0)
+        metrics, done, total = _batches(job)
         average = metrics.get("average_time_per_batch")
         lines.append(f"batches {progress_bar(done, total)}: {metrics.get('succeeded', 0)} succeeded, "
                      f"{metrics.get('failed', 0)} failed, {job.get('batches_in_queue', 0)} in queue, "

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inferd.gpu import GpuRequest, assign_gpus, hinted_gpus, read_inventory
+from inferd.gpu import assign_gpus, gpu_request, read_inventory
 from inferd.grpc.services import compile_project
 from inferd.kinds import has_workers, unsupported_reason
 from inferd.logbook import LogBook
@@ -76,8 +76,7 @@ def gpu_shortfalls(apis: list[ApiSpec]) -> dict[str, str]:
     if not wanting:
         return {}
     inventory = read_inventory()
-    requests = [GpuRequest(api.name, api.replicas, api.processes_per_replica,
-                           hinted_gpus(api.gpus_per_replica, len(inventory), api.gpu_hint)[0]) for api in wanting]
+    requests = [gpu_request(api, len(inventory))[0] for api in wanting]
     return dict(assign_gpus(inventory, requests).errors)
 
 

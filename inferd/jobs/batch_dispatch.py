@@ -264,7 +264,7 @@ class JobRun:
 
     async def _constructor_failed(self, worker: WorkerBackend, exited: asyncio.Task[int | None]) -> None:
         code = await exited
-        if code == -signal.SIGKILL and worker.pid not in self._killed:
+        if self._oom(worker, code):
             raise WorkerLost(oom_text(worker, code), oom=True)
         detail = worker.error or f"worker {exit_reason(code)} before it was ready"
         if worker.init_traceback:
@@ -294,9 +294,9 @@ class JobRun:
         except WorkerGone:
             pass
         code = await exited
-        raise WorkerLost(oom_text(worker, code) if self._oom(worker, code) else
-                         f"worker {worker.pid} {worker.error or exit_reason(code)} while running {method}",
-                         oom=self._oom(worker, code))
+        oom = self._oom(worker, code)
+        raise WorkerLost(oom_text(worker, code) if oom else
+                         f"worker {worker.pid} {worker.error or exit_reason(code)} while running {method}", oom=oom)
 
     def _oom(self, worker: WorkerBackend, code: int | None) -> bool:
         return code == -signal.SIGKILL and worker.pid not in self._killed

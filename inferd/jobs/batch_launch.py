@@ -18,7 +18,10 @@ from inferd.worker import protocol
 from inferd.worker.backend import WorkerBackend, WorkerGone, exit_reason
 from inferd.worker.process import WorkerProcess
 
-TASK_METHOD, RUN_METHOD, COMPLETE_METHOD = "task.run", "batch.run", "batch.complete"
+# the runners' method names (the worker side of each call), for the job side
+from inferd.worker.runners.batch import COMPLETE_METHOD as COMPLETE_METHOD
+from inferd.worker.runners.batch import RUN_METHOD as RUN_METHOD
+from inferd.worker.runners.task import TASK_METHOD as TASK_METHOD
 
 
 @dataclass(frozen=True)

@@ -24,17 +24,16 @@ from typing import Any
 
 import fsspec  # type: ignore[import-untyped]  # ships no types
 
-from inferd.spec.stores import backend_need
+from inferd.spec.stores import URL, backend_need, url_scheme
+from inferd.store.batch import DEFAULT_MAX_RECEIVE_COUNT
 
 MAX_BODY_BYTES = 10 << 20  # the operator's http.MaxBytesReader limit
 MAX_ITEM_BYTES = 250 * 1024  # an SQS message less 6 KiB kept for attributes
-DEFAULT_MAX_RECEIVE_COUNT = 2  # no dead letter queue: a failed batch is retried once
 BATCH_API, TASK_API = "BatchAPI", "TaskAPI"
 SOURCE_KEYS = ("item_list", "file_path_lister", "delimited_files")
 BATCH_SCHEMA_HINT = "\n\njob submission schema can be found at https://docs.cortex.dev/v/0.35/"
 TASK_SCHEMA_HINT = "\n\ntask job submission schema can be found at https://docs.cortex.dev/v/0.35/"
 _MAX_INT64 = 2**63 - 1
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 class SubmissionError(ValueError):
@@ -184,7 +183,7 @@ def _file_source(key: str, section: dict[str, Any], hint: str) -> FileSource:
             except GlobError as exc:
                 raise SubmissionError("error", f"{key}: {name}: {pattern}: {exc}") from None
     for path in paths:
-        if not (_URL.match(path) or os.path.isabs(path)):
+        if not (URL.match(path) or os.path.isabs(path)):
             raise SubmissionError("aws.invalid_s3_path", f"{key}: {path} is not a valid path (use an absolute path, a "
                                   "file:// URL, or an object store URL such as s3://bucket/prefix)")
     return FileSource(key, paths, includes, excludes, batch_size)
@@ -403,7 +402,7 @@ def _files_under(key: str, path: str) -> list[str]:
 def _filesystem(key: str, path: str) -> tuple[Any, str]:
     """The fsspec filesystem for ``path`` and the path within it; a 400 naming the package to
     install when the scheme's backend is missing."""
-    scheme = path.split("://", 1)[0].lower() if _URL.match(path) else "file"
+    scheme = url_scheme(path) or "file"
     try:
         fs, root = fsspec.core.url_to_fs(path)
     except ImportError as exc:
@@ -416,7 +415,7 @@ def _filesystem(key: str, path: str) -> tuple[Any, str]:
 
 def _as_given(fs: Any, given: str, name: str) -> str:
     """``name`` (fsspec's path) in the form the user wrote: a plain local path stays plain."""
-    if not _URL.match(given):
+    if not URL.match(given):
         return str(name)
     return str(fs.unstrip_protocol(name))
 

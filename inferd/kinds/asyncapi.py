@@ -10,10 +10,9 @@ from typing import Any
 
 from inferd.containers.jobs import async_reply_problem
 from inferd.http.asyncapi import AsyncEndpoint
-from inferd.http.cors import with_cors
-from inferd.http.routing import BaseRoute, Mount
+from inferd.http.routing import BaseRoute
 from inferd.jobs.async_dispatch import AsyncDispatcher
-from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, QueueConsumer, WorkerLaunch
+from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, QueueConsumer, WorkerLaunch, endpoint_mount
 from inferd.kinds.containers import container_backend, unrunnable
 from inferd.spec import ApiSpec
 from inferd.store import STATUSES
@@ -66,8 +65,7 @@ class AsyncKind(Kind):
     def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:
         if not isinstance(front, AsyncEndpoint):
             return ()
-        networking = runtime.spec.networking
-        return (Mount(networking.endpoint, with_cors(front, networking.allow_origins, runtime.name)),)
+        return endpoint_mount(runtime, front)
 
     async def status(self, runtime: ApiRuntime, context: KindContext) -> dict[str, Any]:
         if context.store is None:

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
+from starlette.types import ASGIApp
 
-from inferd.http.routing import BaseRoute, RouteTable
+from inferd.http.cors import with_cors
+from inferd.http.routing import BaseRoute, Mount, RouteTable
 from inferd.metrics import Metrics
 from inferd.protos import CompiledProto
 from inferd.settings import Settings
@@ -116,6 +118,12 @@ class ApiRuntime:
                 return {**info, "state": info.get("state", "ready"), "error": info.get("error"), **idle}
             return {**info, "state": "failed", "error": self.error, **idle}
         return {**info, **self.pool.describe(), "error": self.error or self.pool.error}
+
+
+def endpoint_mount(runtime: ApiRuntime, app: ASGIApp) -> tuple[BaseRoute]:
+    """``app`` at the API's endpoint and every path below it, with the API's CORS policy."""
+    networking = runtime.spec.networking
+    return (Mount(networking.endpoint, with_cors(app, networking.allow_origins, runtime.name)),)
 
 
 def pods_refused(api: ApiSpec) -> str:

@@ -17,17 +17,17 @@ from inferd.containers.engine import find_engine
 from inferd.containers.jobs import ContainerJobWorkers
 from inferd.containers.launch import BASE_URL_ENV, scratch_root
 from inferd.http.batch import JobEndpoint
-from inferd.http.cors import with_cors
-from inferd.http.routing import BaseRoute, Mount
+from inferd.http.routing import BaseRoute
 from inferd.jobs.batch_jobs import JobManager
 from inferd.jobs.batch_launch import JobLaunch, JobWorkers, PythonJobWorkers
 from inferd.jobs.job_gpus import LEDGER
-from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, Peers
+from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, Peers, endpoint_mount
 from inferd.kinds.containers import base_url, unrunnable
 from inferd.spec import ApiSpec, ProjectSpec
 from inferd.spec.model import HandlerSpec, plain
 from inferd.store.batch import BatchJobStore
 from inferd.worker.launch import container_slots, init_message, read_dotenv, worker_environment
+from inferd.worker.runners.batch import JOB_SPEC_ENV
 
 RUNNER = "inferd.worker.runners.batch:BatchRunner"
 
@@ -62,7 +62,7 @@ class BatchKind(Kind):
     name = "BatchAPI"
     needs_store = True
     has_workers = False  # workers exist per job, not per API
-    spec_envs: tuple[str, ...] = ("CORTEX_JOB_SPEC",)
+    spec_envs: tuple[str, ...] = (JOB_SPEC_ENV,)  # what the runner reads
     batched = True  # jobs are cut into batches (a TaskAPI's job is one call)
 
     def unsupported(self, api: ApiSpec) -> str | None:
@@ -147,8 +147,7 @@ class BatchKind(Kind):
     def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:
         if not isinstance(front, JobEndpoint):
             return ()
-        networking = runtime.spec.networking
-        return (Mount(networking.endpoint, with_cors(front, networking.allow_origins, runtime.name)),)
+        return endpoint_mount(runtime, front)
 
     def describe(self, runtime: ApiRuntime) -> dict[str, Any]:
         manager = manager_of(runtime)

@@ -14,8 +14,8 @@ from inferd.grpc.bridge import RpcBridge
 from inferd.http.cors import with_cors
 from inferd.http.realtime import RealtimeEndpoint
 from inferd.http.responses import send_json
-from inferd.http.routing import BaseRoute, Mount, Route
-from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, WorkerLaunch
+from inferd.http.routing import BaseRoute, Route
+from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, WorkerLaunch, endpoint_mount
 from inferd.kinds.containers import container_backend, unrunnable
 from inferd.protos import CompiledProto
 from inferd.spec import ApiSpec, HandlerSpec, plain
@@ -111,9 +111,9 @@ class RealtimeKind(Kind):
         return {"verbs": [verb.upper() for verb in info["verbs"]]} if info else {}
 
     def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:
-        endpoint, origins = runtime.spec.networking.endpoint, runtime.spec.networking.allow_origins
         if isinstance(front, ContainerProxy):  # every sub-path is the container's
-            return (Mount(endpoint, with_cors(front, origins, runtime.name)),)
+            return endpoint_mount(runtime, front)
+        endpoint, origins = runtime.spec.networking.endpoint, runtime.spec.networking.allow_origins
         if not isinstance(front, RealtimeEndpoint):
             return ()
         return (Route(endpoint, with_cors(front, origins, runtime.name)),

@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from inferd.http.cors import with_cors
-from inferd.http.routing import BaseRoute, Mount
+from inferd.http.routing import BaseRoute
 from inferd.http.runpod import QueueSettings, RunPodEndpoint
 from inferd.jobs.runpod_dispatch import RunPodDispatcher
-from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, QueueConsumer, WorkerLaunch
+from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, QueueConsumer, WorkerLaunch, endpoint_mount
 from inferd.settings import Settings
 from inferd.spec import ApiSpec, RunPodSpec
 from inferd.store.runpod import STATUSES, RunPodJobStore
@@ -88,8 +87,7 @@ class RunPodKind(Kind):
     def routes(self, runtime: ApiRuntime, front: Front) -> Sequence[BaseRoute]:
         if not isinstance(front, RunPodEndpoint):
             return ()
-        networking = runtime.spec.networking
-        return (Mount(networking.endpoint, with_cors(front, networking.allow_origins, runtime.name)),)
+        return endpoint_mount(runtime, front)
 
     async def status(self, runtime: ApiRuntime, context: KindContext) -> dict[str, Any]:
         jobs = job_store(runtime, context)

@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from inferd.http.cors import with_cors
-from inferd.http.routing import BaseRoute, Mount, RouteTable
+from inferd.http.routing import BaseRoute, RouteTable
 from inferd.http.splitter import SplitterEndpoint, make_split
-from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, Peers
+from inferd.kinds.base import ApiRuntime, Front, Kind, KindContext, Peers, endpoint_mount
 from inferd.spec import ApiSpec
 
 
@@ -44,8 +43,7 @@ class SplitterKind(Kind):
         if not isinstance(front, SplitterEndpoint):
             return ()
         # a mount: every path below the endpoint goes on to the same path below the member's
-        networking = runtime.spec.networking
-        return (Mount(networking.endpoint, with_cors(front, networking.allow_origins, runtime.name)),)
+        return endpoint_mount(runtime, front)
 
     def describe(self, runtime: ApiRuntime) -> dict[str, Any]:
         """Its weights with each member's state; its own state is that of the APIs it routes to."""

@@ -13,13 +13,14 @@ from inferd.kinds.batch import BatchKind
 from inferd.kinds.containers import unrunnable
 from inferd.spec import ApiSpec
 from inferd.spec.model import HandlerSpec
+from inferd.worker.runners.task import SPEC_ENVS
 
 RUNNER = "inferd.worker.runners.task:TaskRunner"
 
 
 class TaskKind(BatchKind):
     name = "TaskAPI"
-    spec_envs = ("CORTEX_TASK_SPEC", "CORTEX_JOB_SPEC")
+    spec_envs = SPEC_ENVS
     batched = False
 
     def unsupported(self, api: ApiSpec) -> str | None:

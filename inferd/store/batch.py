@@ -24,6 +24,7 @@ from typing import Any
 
 from .jobs import AsyncJobStore, utc_now
 from .queries import changed_rows as _changed
+from .queries import delete_in_rounds
 from .queries import fetch_all as _all
 from .queries import fetch_first as _first
 from .schema import from_micros, to_micros
@@ -403,12 +404,7 @@ class BatchJobStore:
         params: dict[str, Any] = {"cutoff": self._now() - retention // _MICROSECOND}
         if api is not None:
             params["api"] = api
-        deleted = 0
-        while True:
-            count: int = await self._jobs.write(Raw(_sweep, params))
-            deleted += count
-            if count < JOB_SWEEP_BATCH:
-                return deleted
+        return await delete_in_rounds(lambda: self._jobs.write(Raw(_sweep, params)), JOB_SWEEP_BATCH)
 
     # --- reads (read-only connections, in parallel with the writer) ---
 

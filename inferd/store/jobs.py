@@ -210,12 +210,8 @@ class AsyncJobStore:
         """Delete jobs (any status) created before clock() - retention; returns rows deleted.
         One transaction per SWEEP_BATCH rows, so other writes interleave with a long sweep."""
         cutoff = self._now() - retention // timedelta(microseconds=1)
-        deleted = 0
-        while True:
-            count = await self._writer.execute(queries.sweep_op(cutoff, api))
-            deleted += count
-            if count < queries.SWEEP_BATCH:
-                return deleted
+        return await queries.delete_in_rounds(lambda: self._writer.execute(queries.sweep_op(cutoff, api)),
+                                              queries.SWEEP_BATCH)
 
     # --- reads (own connections, in parallel with the writer) ---
 

@@ -13,7 +13,7 @@ atomic on its own, so an operation that fails leaves its batch-mates' writes int
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -99,6 +99,17 @@ def requeue_op(job_id: str, max_attempts: int, now: int) -> WriteOp[str]:
         return status
 
     return run
+
+
+async def delete_in_rounds(delete: Callable[[], Awaitable[int]], per_round: int) -> int:
+    """Run a bounded DELETE (``delete``: one transaction deleting at most ``per_round`` rows)
+    until a round comes back short, so other writes interleave with a long sweep; rows deleted."""
+    deleted = 0
+    while True:
+        count = await delete()
+        deleted += count
+        if count < per_round:
+            return deleted
 
 
 def sweep_op(cutoff: int, api: str | None) -> WriteOp[int]:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .jobs import AsyncJobStore, utc_now
-from .queries import GIVE_UP, SWEEP_BATCH, UnknownJob
+from .queries import GIVE_UP, SWEEP_BATCH, UnknownJob, delete_in_rounds
 from .queries import changed_rows as _changed
 from .queries import fetch_all as _all
 from .queries import fetch_first as _first
@@ -363,13 +363,8 @@ class RunPodJobStore:
         """Delete the gone jobs (past ttl before finishing, or finished past retention) and their
         stream chunks, of one API or all; SWEEP_BATCH per transaction, so other writes interleave.
         Returns jobs deleted."""
-        deleted = 0
         params = self._moments() if api is None else {**self._moments(), "api": api}
-        while True:
-            count: int = await self._jobs.write(Raw(_sweep, params))
-            deleted += count
-            if count < SWEEP_BATCH:
-                return deleted
+        return await delete_in_rounds(lambda: self._jobs.write(Raw(_sweep, params)), SWEEP_BATCH)
 
     # --- reads (read-only connections, in parallel with the writer) ---
 

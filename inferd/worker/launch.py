@@ -32,6 +32,11 @@ def read_dotenv(project_dir: Path) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
+def inherited_env(base: Mapping[str, str]) -> dict[str, str]:
+    """The daemon's environment less what is the daemon's alone (``DAEMON_ONLY``, ``INFERD_*``)."""
+    return {k: v for k, v in base.items() if k not in DAEMON_ONLY and not k.startswith("INFERD_")}
+
+
 def cortex_variables(project: ProjectSpec, api: ApiSpec) -> dict[str, str]:
     handler = api.handler
     assert handler is not None
@@ -52,7 +57,7 @@ def worker_environment(base: Mapping[str, str], project: ProjectSpec, api: ApiSp
                        dotenv: Mapping[str, str], gpus: Sequence[int]) -> dict[str, str]:
     handler = api.handler
     assert handler is not None
-    env = {k: v for k, v in base.items() if k not in DAEMON_ONLY and not k.startswith("INFERD_")}
+    env = inherited_env(base)
     env.update(dotenv)
     env.update(handler.env)
     env.update(cortex_variables(project, api))
@@ -80,7 +85,7 @@ def container_slots(base: Mapping[str, str], project: ProjectSpec,
     the project's ``.env`` and the replica's GPUs; each container adds its own
     (``inferd.containers.launch``)."""
     dotenv = read_dotenv(project.project_dir)
-    inherited = {k: v for k, v in base.items() if k not in DAEMON_ONLY and not k.startswith("INFERD_")}
+    inherited = inherited_env(base)
     return [WorkerSlot(env={**inherited, **dotenv, **visible_devices_env(gpus)}, gpus=tuple(gpus)) for gpus in devices]
 
 

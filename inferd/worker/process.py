@@ -34,6 +34,19 @@ EXIT_POLL = 0.5    # seconds between looks at a worker's exit status
 
 LINE_LIMIT = 1 << 20  # longer output lines are cut, never allowed to stop the pump
 
+# How a launcher run as ``python -I -S -c <launcher> <daemon pid> ...`` begins (the SDK worker's,
+# a container's): Linux SIGKILLs it if the daemon dies (even by SIGKILL), and it gives up if the
+# daemon is already gone; what follows execs the real command in place (same pid).
+LAUNCHER_PRELUDE = """\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+"""
+
 
 async def _read_line(stream: asyncio.StreamReader) -> bytes:
     """One line, cut at LINE_LIMIT: a handler printing a huge line must not stall its pipe."""
@@ -308,11 +321,21 @@ class WorkerProcess:
         self._last_stderr = text.strip()
 
     def describe(self) -> dict[str, Any]:
-        described: dict[str, Any] = {"slot": self.slot, "pid": self.pid, "state": self.state, "gpus": list(self.gpus),
-                     "in_flight": self.in_flight, "error": self.error}
+        described: dict[str, Any] = {"slot": self.slot, "pid": self.pid, "state": self.state,
+                                     "gpus": list(self.gpus), "in_flight": self.in_flight, "error": self.error}
         if self.models is not None:
             described["models"] = self.models
         return described
+
+
+def signal_group(pid: int | None, sig: int) -> None:
+    """``sig`` to the process group ``pid`` leads (it outlives its leader: what it started goes too)."""
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 async def drain_output(pumps: list[asyncio.Task[None]]) -> None:

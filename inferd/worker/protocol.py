@@ -26,6 +26,7 @@ WINDOW = 8  # chunks a sender may be ahead of the receiver's consumption
 
 # status codes of a streamed call's End, shared with gRPC's numbering (grpc.StatusCode values)
 OK, CANCELLED, INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED = 0, 1, 13, 14, 4
+INVALID_ARGUMENT, NOT_FOUND, UNIMPLEMENTED = 3, 5, 12
 
 Meta = dict[str, Any]
 Headers = list[list[str]]

@@ -37,12 +37,20 @@ from inferd.logs import get_logger
 from inferd.worker import protocol
 from inferd.worker.backend import Response, WorkerGone, exit_reason
 from inferd.worker.loopback_http import LoopbackServer, Request
-from inferd.worker.process import ABORT_GRACE, LINE_LIMIT, drain_output, exit_code, relay_output, unexpected_exit
+from inferd.worker.process import (
+    ABORT_GRACE,
+    LAUNCHER_PRELUDE,
+    LINE_LIMIT,
+    drain_output,
+    exit_code,
+    relay_output,
+    signal_group,
+    unexpected_exit,
+)
 from inferd.worker.runpod_platform import STOP_GRACE, PlatformJob, RunPodPlatform, job_id_of, urls
 from inferd.worker.stream import StreamCall
 
 JOB_METHOD = "runpod.job"
-UNIMPLEMENTED, INVALID_ARGUMENT = 12, 3  # gRPC status codes, as the direct runner answers
 # An SDK worker takes a Cancel for any handler (job-stop, and for a sync handler that cannot let
 # go, a new worker: ``RunPodPlatform.stop_job``), so the dispatcher counts it among the kinds it
 # stops in place.
@@ -56,14 +64,8 @@ OTHER_MODES = ("RUNPOD_REALTIME_PORT", "RUNPOD_REALTIME_CONCURRENCY")
 # SIGKILL), no core files (a model in memory would make gigabytes of them), then become exactly
 # ``python -u <file> [args]``. Isolated (-I): a project file named like a stdlib module cannot
 # shadow what this imports.
-LAUNCHER = """\
-import ctypes, os, resource, signal, sys
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-except (OSError, AttributeError):
-    pass
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(1)
+LAUNCHER = LAUNCHER_PRELUDE + """\
+import resource
 resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
 os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
@@ -242,10 +244,11 @@ class SdkWorker:
     def _signal(self, sig: int, group: bool) -> None:
         if self.pid is None or self._proc is None:
             return
+        if group:  # the group outlives its leader: a child left behind still has to go
+            signal_group(self.pid, sig)
+            return
         try:
-            if group:  # the group outlives its leader: a child left behind still has to go
-                os.killpg(self.pid, sig)
-            elif self._proc.returncode is None:
+            if self._proc.returncode is None:
                 self._proc.send_signal(sig)
         except (ProcessLookupError, PermissionError):
             pass
@@ -310,12 +313,12 @@ class SdkWorker:
                             self.abort)
         self.in_flight += 1
         if opened.method != JOB_METHOD:
-            stream.on_end(protocol.End(call_id, UNIMPLEMENTED, f"method {opened.method} is not a RunPod job"))
+            stream.on_end(protocol.End(call_id, protocol.UNIMPLEMENTED, f"method {opened.method} is not a RunPod job"))
             return stream
         try:
             job_id = job_id_of(opened.body)
         except ValueError as exc:
-            stream.on_end(protocol.End(call_id, INVALID_ARGUMENT, str(exc)))
+            stream.on_end(protocol.End(call_id, protocol.INVALID_ARGUMENT, str(exc)))
             return stream
         job = self._jobs[call_id] = PlatformJob(job_id, opened.body, stream)
         self._platform.submit(job)

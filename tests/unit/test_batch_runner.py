@@ -21,8 +21,9 @@ import pytest
 from inferd.worker import protocol
 from inferd.worker.handler_class import HandlerLoadError, constructor_problem
 from inferd.worker.process import WorkerProcess
+from inferd.worker.protocol import INVALID_ARGUMENT, UNIMPLEMENTED
 from inferd.worker.runners.base import Runner, WorkerContext
-from inferd.worker.runners.batch import INVALID_ARGUMENT, UNIMPLEMENTED, BatchRunner, deep_merge
+from inferd.worker.runners.batch import BatchRunner, deep_merge
 from inferd.worker.runners.task import TaskRunner
 
 PROJECTS = Path(__file__).resolve().parents[1] / "projects"

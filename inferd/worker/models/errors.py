@@ -7,7 +7,8 @@ import json
 
 from starlette.exceptions import HTTPException
 
-GRPC_NOT_FOUND, GRPC_UNAVAILABLE = 5, 14
+from inferd.worker import protocol
+
 NAME_LIMIT = 80  # a hostile name is quoted, never echoed whole
 
 
@@ -20,7 +21,7 @@ def quoted(value: object) -> str:
 
 class ModelError(HTTPException):
     http_status = 404
-    grpc_code = GRPC_NOT_FOUND
+    grpc_code = protocol.NOT_FOUND
 
     def __init__(self, detail: str) -> None:
         super().__init__(self.http_status, detail)
@@ -34,4 +35,4 @@ class ModelUnavailable(ModelError):
     """The model exists but no version of it could be loaded (``load_model`` raised)."""
 
     http_status = 503
-    grpc_code = GRPC_UNAVAILABLE
+    grpc_code = protocol.UNAVAILABLE

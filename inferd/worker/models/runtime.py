@@ -44,10 +44,11 @@ class ModelRuntime:
             raise HandlerLoadError(problem or "Handler must define load_model(self, model_path)")
         self.store.loader = load_model  # positional, as Cortex called it: any parameter name works
         self.store.refresh()
-        local = [location for location in self._locations() if "://" not in location]
+        locations = self._locations()
+        local = [location for location in locations if "://" not in location]
         if local:
             watch_local(local, self.store.refresh, self.log)
-        if len(local) < len(self._locations()):
+        if len(local) < len(locations):
             poll_remote(self.store.refresh, self.log)
 
     def _locations(self) -> list[str]:

@@ -120,15 +120,15 @@ class ModelStore:
         return self._version(name, version)
 
     def _name(self, model_name: Any) -> str:
-        with self._lock:
-            names = sorted(self._found)
         if self.single is not None:  # Cortex took the one model whatever name was asked
             return self.single
+        with self._lock:  # the names are listed (sorted) only for an error, not on every call
+            if isinstance(model_name, str) and model_name in self._found:
+                return model_name
+            names = sorted(self._found)
         if model_name is None:
             raise ModelNotFound(f"a model name is required (models: {_listing(names)})")
-        if not isinstance(model_name, str) or model_name not in names:
-            raise ModelNotFound(f"no model named {quoted(model_name)} (models: {_listing(names)})")
-        return model_name
+        raise ModelNotFound(f"no model named {quoted(model_name)} (models: {_listing(names)})")
 
     def _versions(self, name: str) -> list[int]:
         versions = sorted(self._found.get(name, {}))

@@ -64,7 +64,6 @@ RUN_METHOD = "batch.run"
 COMPLETE_METHOD = "batch.complete"
 JOB_SPEC_ENV = "CORTEX_JOB_SPEC"
 BATCH_PARAMS = frozenset({"payload", "batch_id"})
-INVALID_ARGUMENT, UNIMPLEMENTED = 3, 12  # gRPC's numbering, as protocol's other status codes
 
 
 # -- pure helpers, shared with the TaskAPI runner ----------------------------------------------
@@ -170,7 +169,7 @@ class JobRunner(Runner):
         if isinstance(message, protocol.Open):
             prepare = self.preparers().get(message.method)
             if prepare is None:
-                self.context.send(protocol.End(message.id, UNIMPLEMENTED,
+                self.context.send(protocol.End(message.id, protocol.UNIMPLEMENTED,
                                                f"method {message.method} is not one of {', '.join(self.preparers())}"))
                 return
             running = Running(message.id)
@@ -200,7 +199,7 @@ class JobRunner(Runner):
             work = prepare(body)
         except BadCall as exc:
             self.log.error("job_call_invalid", job_id=self.job_id, error=str(exc))
-            return INVALID_ARGUMENT, str(exc), {"error": str(exc), "traceback": ""}
+            return protocol.INVALID_ARGUMENT, str(exc), {"error": str(exc), "traceback": ""}
         async with self.turn:
             if work.method.is_async:
                 return await self.run_async(work)

@@ -52,7 +52,6 @@ from inferd.worker.handler_class import HandlerLoadError
 from inferd.worker.runners.base import Runner
 
 JOB_METHOD = "runpod.job"
-UNIMPLEMENTED = 12  # gRPC's status code, as the gRPC runner answers an unknown method
 SYNC_KINDS = frozenset({"sync", "generator"})
 NOT_STARTED = "did not call runpod.serverless.start(...)"
 CANCELLED = json.dumps({"cancelled": True})
@@ -242,8 +241,8 @@ class JobThread:
                 return
             if task.cancelled():
                 outcome.cancel()
-            elif task.exception() is not None:
-                outcome.set_exception(task.exception())  # type: ignore[arg-type]
+            elif (error := task.exception()) is not None:
+                outcome.set_exception(error)
             else:
                 outcome.set_result(task.result())
 
@@ -286,7 +285,8 @@ class RunPodRunner(Runner):
     def on_message(self, message: protocol.Message) -> None:
         if isinstance(message, protocol.Open):
             if message.method != JOB_METHOD:
-                self.context.send(protocol.End(message.id, UNIMPLEMENTED, f"method {message.method} is not a RunPod job"))
+                unknown = f"method {message.method} is not a RunPod job"
+                self.context.send(protocol.End(message.id, protocol.UNIMPLEMENTED, unknown))
                 return
             running = RunningJob(message.id, message.rid)
             self.calls[running.call_id] = running

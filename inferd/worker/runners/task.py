@@ -34,7 +34,7 @@ from inferd.worker.handler_class import (
 from inferd.worker.metrics_client import MetricsClient
 from inferd.worker.runners.batch import JobRunner, Work, job_config, read_job_spec
 
-RUN_METHOD = "task.run"
+TASK_METHOD = "task.run"
 SPEC_ENVS = ("CORTEX_TASK_SPEC", "CORTEX_JOB_SPEC")
 CALL_PARAMS = frozenset({"config"})
 
@@ -63,7 +63,7 @@ class TaskRunner(JobRunner):
         return {"job_id": self.job_id}
 
     def preparers(self) -> dict[str, Callable[[bytes], Work]]:
-        return {RUN_METHOD: self.task_work}
+        return {TASK_METHOD: self.task_work}
 
     def task_work(self, body: bytes) -> Work:
         return Work(self.call, {"config": self.config}, "Task", {"job_id": self.job_id}, exit_ok=True)
