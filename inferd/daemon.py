@@ -79,7 +79,7 @@ class HttpServer(uvicorn.Server):
     def __init__(self, app: InferdApp, settings: Settings) -> None:
         limits = ConnectionLimits(settings.max_header_size, settings.header_timeout, settings.body_timeout,
                                   settings.max_connections)
-        protocol = functools.partial(InferdHttpProtocol, limits=limits, idle=IdleConnections())
+        protocol = functools.partial(InferdHttpProtocol, limits=limits, idle=IdleConnections(), direct=app)
         config = uvicorn.Config(app, loop="none", http=cast(type[asyncio.Protocol], protocol), lifespan="off",
                                 log_config=None, access_log=False, server_header=False, proxy_headers=False,
                                 timeout_keep_alive=settings.keepalive_timeout,  # type: ignore[arg-type]

@@ -126,12 +126,20 @@ class RequestRecorder:
     async def record(self, serve: Awaitable[int]) -> None:
         """Run one request's ``serve`` (which returns the status answered, 0 when the client
         left first) counted in flight, then by status and latency."""
-        started = time.perf_counter()
-        self.in_flight.inc()
+        started = self.begin()
+        status = 0
         try:
             status = await serve
         finally:
-            self.in_flight.dec()
+            self.end(started, status)
+
+    def begin(self) -> float:
+        """One request in flight (``end`` it in any case); returns when it began."""
+        self.in_flight.inc()
+        return time.perf_counter()
+
+    def end(self, started: float, status: int) -> None:
+        self.in_flight.dec()
         if status:
             self.observe(status, time.perf_counter() - started)
 

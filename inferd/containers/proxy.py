@@ -6,6 +6,12 @@ headers dropped, ``X-Cortex-Request-ID`` added (the client's ``X-Request-ID`` wh
 usable one). A replica takes ``max_concurrency`` requests at once and queues
 ``max_queue_length`` more; beyond that the answer is 503 JSON. A replica that dies mid-request
 answers 502 JSON naming the API. Bodies over ``max_body_size`` get 413, as for Python APIs.
+
+The common case takes a shorter road (``direct``): a whole request of known length, to a replica
+with a free place and an idle kept-alive connection, is written to the container from the HTTP
+protocol's callback, and an answer that arrives whole goes back in one write, with no ASGI task.
+Everything else (a body still arriving, a chunked one, a queue to wait in, a streamed answer, an
+error) goes the general way below, which the direct road hands over to before it sends anything.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
@@ -21,7 +27,8 @@ from starlette.types import Message, Receive, Scope, Send
 from inferd.containers.replica import ContainerReplica
 from inferd.containers.upstream import UpstreamConnection, UpstreamGone
 from inferd.http.body import BodyTooLarge, ClientGone, send_too_large
-from inferd.http.realtime import REQUEST_ID, retry_after_header
+from inferd.http.protocol import DirectExchange, DirectHandler
+from inferd.http.realtime import REQUEST_ID, new_request_id, retry_after_header
 from inferd.http.responses import send_error
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
@@ -60,23 +67,103 @@ class ContainerProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.recorder.record(self._serve(scope, receive, send))
 
+    def direct(self, scope: Scope) -> DirectHandler:
+        return self._direct
+
+    # -- the direct road ---------------------------------------------------------------------
+
+    def _direct(self, exchange: DirectExchange) -> bool:
+        """Send the request now if nothing needs waiting for; False leaves it to ``__call__``."""
+        scope = exchange.scope
+        rid, length, chunked, named = _request_facts(scope["headers"])
+        if chunked or (length is not None and (not length.isdigit() or int(length) > self.max_body_size)):
+            return False
+        replica = self._free_replica()
+        if replica is None:
+            return False
+        rid = rid or new_request_id().encode()
+        conn = replica.upstream.idle_connection() if replica.upstream is not None else None
+        if conn is None:  # the replica's first requests: a connection to open, in a task
+            exchange.continue_async(lambda receive, send: self.recorder.record(
+                self._forward_inside(replica, scope, receive, send, rid, length, named)))
+            return True
+        try:
+            conn.write(self._head(scope, rid, length, False, named) + exchange.body)
+        except UpstreamGone:
+            replica.leave(True)
+            return False
+        started = self.recorder.begin()
+        conn.head.add_done_callback(lambda _: self._direct_answer(exchange, replica, conn, rid, started))
+        return True
+
+    def _free_replica(self) -> ContainerReplica | None:
+        """The replica ``_pick`` would choose, admitted and inside, if it has a free place now."""
+        ready = self.pool.ready_workers()
+        if not ready:
+            return None
+        self._turn = (self._turn + 1) % len(ready)
+        replica = min(ready[self._turn:] + ready[:self._turn], key=lambda r: r.in_flight)
+        if not isinstance(replica, ContainerReplica) or replica.state == "exited" or not replica.admit():
+            return None
+        if not replica.try_enter():
+            replica.leave(False)
+            return None
+        return replica
+
+    def _direct_answer(self, exchange: DirectExchange, replica: ContainerReplica, conn: UpstreamConnection,
+                       rid: bytes, started: float) -> None:
+        """The container's head is here (or its connection failed): answer whole, or hand over."""
+        failed = conn.head.exception()
+        if failed is not None:
+            conn.close()
+            if conn.reused and not conn.got_bytes:
+                # a kept-alive connection the container closed as we reused it: the general road tries afresh
+                self._direct_end(replica, started, 0)
+                exchange.fallback()
+                return
+            why = str(failed)
+            exchange.continue_async(lambda receive, send: self._direct_rest(
+                replica, started, self._bad_gateway(send, replica, why, rid)))
+            return
+        if not conn.complete:  # a streamed (or large) answer: relayed piece by piece
+            exchange.continue_async(lambda receive, send: self._direct_rest(
+                replica, started, self._relay(replica, conn, None, receive, send, rid)))
+            return
+        status = conn.status
+        headers = _response_headers(conn.headers)
+        body = conn.whole_body()
+        if status not in (204, 304) and not any(name == b"content-length" for name, _ in headers):
+            headers.append((b"content-length", b"%d" % len(body)))  # it came chunked (hop-by-hop, dropped)
+        if replica.upstream is not None:
+            replica.upstream.release(conn)
+        else:
+            conn.close()
+        exchange.answer(status, headers, body)
+        self._direct_end(replica, started, status)
+
+    async def _direct_rest(self, replica: ContainerReplica, started: float, serve: Awaitable[int]) -> None:
+        status = 0
+        try:
+            status = await serve
+        finally:
+            self._direct_end(replica, started, status)
+
+    def _direct_end(self, replica: ContainerReplica, started: float, status: int) -> None:
+        replica.leave(True)
+        self.recorder.end(started, status)
+
+    async def _forward_inside(self, replica: ContainerReplica, scope: Scope, receive: Receive, send: Send,
+                              rid: bytes, length: bytes | None, named: set[bytes]) -> int:
+        try:
+            return await self._forward(replica, scope, receive, send, rid, length, False, named)
+        finally:
+            replica.leave(True)
+
     # -- one request -------------------------------------------------------------------------
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int:
-        rid: bytes | None = None
-        length: bytes | None = None
-        chunked = False
-        connection_named: set[bytes] = set()
-        for name, value in scope["headers"]:
-            if name == b"x-request-id" and REQUEST_ID.match(value):
-                rid = value
-            elif name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                connection_named.update(part.strip().lower() for part in value.split(b","))
-        rid = rid or uuid.uuid4().hex.encode()
+        rid, length, chunked, connection_named = _request_facts(scope["headers"])
+        rid = rid or new_request_id().encode()
         rid_header = [(b"x-request-id", rid)]
         if length is not None and (not length.isdigit() or int(length) > self.max_body_size):
             await send_too_large(send, self.api, self.max_body_size, rid_header)
@@ -251,6 +338,25 @@ class ContainerProxy:
         log.warning("container_request_failed", api=self.api, slot=replica.slot, request_id=rid.decode(), error=why)
         await send_error(send, 502, self.api, message, [(b"x-request-id", rid)])
         return 502
+
+
+def _request_facts(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, bool, set[bytes]]:
+    """What the proxy reads of a request's headers: the client's usable request id, its
+    Content-Length, whether its body is chunked, and the headers its Connection names."""
+    rid: bytes | None = None
+    length: bytes | None = None
+    chunked = False
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name == b"x-request-id" and REQUEST_ID.match(value):
+            rid = value
+        elif name == b"content-length":
+            length = value
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif name == b"connection":
+            named.update(part.strip().lower() for part in value.split(b","))
+    return rid, length, chunked, named
 
 
 def _frame(body: bytes, chunked: bool, last: bool) -> bytes:

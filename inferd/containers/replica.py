@@ -28,6 +28,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,43 @@ ERROR_TAIL = 4000          # characters of a container's last stderr kept in an 
 HANGUP_GRACE = 1.0         # a server hung up: how long a container has to exit before it counts as alive
 
 
+class Places:
+    """``count`` places, taken at once while one is free and no one waits, else waited for in
+    turn: a semaphore that can also be taken without awaiting (the proxy's direct path)."""
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.give()  # handed a place just as the wait was cancelled: it goes to the next
+            else:
+                self._waiting.remove(turn)
+            raise
+
+    def give(self) -> None:
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the place passes straight on: ``free`` is unchanged
+                return
+        self.free += 1
+
+
 class ContainerReplica:
     def __init__(self, api: str, slot: int, pod: PodSpec, env: Mapping[str, str], gpus: tuple[int, ...],
                  project_dir: Path, base_url: str, scratch_root: Path, engine: Engine | None,
@@ -91,7 +129,7 @@ class ContainerReplica:
         self._scratch: Path | None = None
         self._processes: list[ContainerProcess] = []
         self._targets: dict[str, ProbeTarget] = {}
-        self._inside = asyncio.Semaphore(pod.max_concurrency)
+        self._inside = Places(pod.max_concurrency)
         self._idle = asyncio.Event()
         self._idle.set()
         self._ready: asyncio.Future[bool] | None = None
@@ -411,11 +449,15 @@ class ContainerReplica:
 
     async def enter(self) -> None:
         """After ``admit``: wait for one of the ``max_concurrency`` places (``leave`` in any case)."""
-        await self._inside.acquire()
+        await self._inside.take()
+
+    def try_enter(self) -> bool:
+        """After ``admit``: one of the places if one is free now (``leave`` with its answer)."""
+        return self._inside.try_take()
 
     def leave(self, entered: bool) -> None:
         if entered:
-            self._inside.release()
+            self._inside.give()
         self.in_flight -= 1
         if self.in_flight == 0:
             self._idle.set()

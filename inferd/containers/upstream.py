@@ -156,6 +156,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def whole_body(self) -> bytes:
+        """The body of a complete answer (``complete``), all of it at once."""
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        return data
+
     @property
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and not self.chunks
@@ -174,13 +181,20 @@ class UpstreamPool:
         self.closed = False
         self._idle: deque[UpstreamConnection] = deque()
 
-    async def connect(self, head_only: bool = False) -> UpstreamConnection:
+    def idle_connection(self, head_only: bool = False) -> UpstreamConnection | None:
+        """A kept-alive connection ready for the next request, or None when none is idle."""
         while self._idle:
             conn = self._idle.pop()
             if not conn.closed:
                 conn.reset(head_only)
                 conn.reused = True
                 return conn
+        return None
+
+    async def connect(self, head_only: bool = False) -> UpstreamConnection:
+        conn = self.idle_connection(head_only)
+        if conn is not None:
+            return conn
         loop = asyncio.get_running_loop()
         try:
             _, conn = await loop.create_connection(UpstreamConnection, self.host, self.port)

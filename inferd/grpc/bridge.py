@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
+from inferd.http.realtime import new_request_id
 from inferd.logs import get_logger
 from inferd.metrics import RequestRecorder
 from inferd.protos import RpcMethod
@@ -54,7 +54,7 @@ class RpcBridge:
 
     async def _open(self, method: RpcMethod, context: grpc.aio.ServicerContext, body: bytes) -> StreamCall:
         metadata = [(k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)]
-        rid = next((v for k, v in metadata if k == "x-request-id"), None) or uuid.uuid4().hex
+        rid = next((v for k, v in metadata if k == "x-request-id"), None) or new_request_id()
         opened = protocol.Open(0, rid, method.name, [[k, v] for k, v in metadata], context.time_remaining(),
                                context.peer(), body)
         try:

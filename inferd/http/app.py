@@ -11,8 +11,9 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inferd.http.hosts import UNCHECKED, HostPolicy, host_refusal
+from inferd.http.protocol import DirectHandler
 from inferd.http.responses import send_error
-from inferd.http.routing import RouteTable
+from inferd.http.routing import RouteTable, direct_handler
 
 
 class InferdApp:
@@ -45,6 +46,21 @@ class InferdApp:
         if rest:
             scope["path_params"] = {"path": rest}
         await endpoint(scope, receive, send)
+
+    def direct_handler(self, scope: Scope) -> DirectHandler | None:
+        """What answers this request from the protocol's callbacks, if its route can (see
+        ``inferd.http.protocol.DirectExchange``); None sends it through ``__call__``."""
+        if self.hosts.checked and host_refusal(self.hosts, host_header(scope)) is not None:
+            return None
+        path = scope["path"]
+        if path.startswith("/-/"):
+            return None
+        endpoint, rest = self.table.match(path)
+        if endpoint is None:
+            return None
+        if rest:
+            scope["path_params"] = {"path": rest}
+        return direct_handler(endpoint, scope)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
+
+from inferd.http.protocol import DirectHandler
 
 
 @dataclass(frozen=True)
@@ -65,3 +67,10 @@ class RouteTable:
             if path.startswith(prefix) and path[len(prefix)] == "/":
                 return mounted, path[len(prefix) + 1:]
         return None, ""
+
+
+def direct_handler(app: ASGIApp, scope: Scope) -> DirectHandler | None:
+    """The handler of ``app`` that answers this request without an ASGI task, if it has one: an
+    app offers it through a ``direct(scope)`` method (wrappers such as CORS pass it on or not)."""
+    direct = getattr(app, "direct", None)
+    return direct(scope) if direct is not None else None

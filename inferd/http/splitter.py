@@ -14,7 +14,6 @@ import asyncio
 import bisect
 import itertools
 import random
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferd.http.body import BodyTooLarge, ClientGone, content_length, read_body, send_too_large
 from inferd.http.cors import CorsApp
-from inferd.http.realtime import REQUEST_ID
+from inferd.http.realtime import REQUEST_ID, new_request_id
 from inferd.http.responses import RawHeaders, send_error
 from inferd.http.routing import RouteTable
 from inferd.logs import get_logger
@@ -74,7 +73,7 @@ def with_request_id(headers: RawHeaders) -> tuple[str, RawHeaders]:
     for name, value in headers:
         if name == b"x-request-id" and REQUEST_ID.match(value):
             return value.decode(), headers
-    rid = uuid.uuid4().hex
+    rid = new_request_id()
     return rid, [*(h for h in headers if h[0] != b"x-request-id"), (b"x-request-id", rid.encode())]
 
 

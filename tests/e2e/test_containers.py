@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,8 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import INTERNAL_FAULTS, PROJECTS, RunningDaemon, pid_alive
+from tests.e2e.test_hostile_requests import BODIES, HEADER_NAMES, HEADER_VALUES, METHODS, exchange
 
 
 class Daemon(RunningDaemon):
@@ -127,6 +132,94 @@ def test_streamed_response_and_request(daemon: Daemon) -> None:
     assert echoed.status_code == 200 and echoed.text == "".join(f"piece {i};" for i in range(50))
     big = os.urandom(3 << 20)
     assert call(daemon, "PUT", "/web/echo", content=big).content == big
+
+
+def raw_answers(daemon: Daemon, data: bytes, close: bool = False) -> tuple[list[tuple[bytes, dict[str, str], bytes]], bool]:
+    """``data`` written at once on one connection; the answers read back (status line, headers,
+    body) until the server closes or ``data``'s requests are all answered; and whether it closed."""
+    expected = data.count(b" HTTP/1.1\r\n")
+    host, port = daemon.url.removeprefix("http://").split(":")
+    answers: list[tuple[bytes, dict[str, str], bytes]] = []
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        buffer, closed = b"", False
+        while len(answers) < expected or (close and not closed):
+            chunk = sock.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            buffer += chunk
+            while b"\r\n\r\n" in buffer:
+                head, rest = buffer.split(b"\r\n\r\n", 1)
+                status, *lines = head.split(b"\r\n")
+                headers = {k.strip().lower(): v.strip() for k, v in (line.decode().split(":", 1) for line in lines)}
+                length = int(headers.get("content-length", "0"))
+                if len(rest) < length:
+                    break
+                answers.append((status, headers, rest[:length]))
+                buffer = rest[length:]
+    return answers, closed
+
+
+def test_pipelined_requests_are_answered_in_order_and_close_is_kept(daemon: Daemon) -> None:
+    host = daemon.url.removeprefix("http://")
+    requests = b"".join(f"{verb} /web/p{i} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n{extra}\r\nn{i}".encode()
+                        for i, (verb, extra) in enumerate([("POST", ""), ("PUT", ""), ("POST", "Connection: close\r\n")]))
+    answers, closed = raw_answers(daemon, requests, close=True)
+    assert [(status, json.loads(body)["path"], json.loads(body)["body"]) for status, _, body in answers] == [
+        (b"HTTP/1.1 200 OK", f"/p{i}", f"n{i}") for i in range(3)]
+    for _, headers, body in answers:
+        assert headers["content-length"] == str(len(body)) and "date" in headers and "x-request-id" not in headers
+        assert re.fullmatch(r"[0-9a-f]{32}", json.loads(body)["headers"]["x-cortex-request-id"])
+    assert closed  # after the answer to the request that asked for it, not the first
+
+
+def test_a_chunked_answer_that_arrives_whole_gets_a_length(daemon: Daemon) -> None:
+    reply = call(daemon, "GET", "/web/chunked")
+    assert reply.status_code == 200 and reply.json() == {"chunked": True}
+    assert reply.headers["content-length"] == str(len(reply.content)) and "transfer-encoding" not in reply.headers
+
+
+def test_a_client_gone_before_the_answer_frees_its_place(daemon: Daemon) -> None:
+    host, port = daemon.url.removeprefix("http://").split(":")
+    for _ in range(3):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"GET /web/slow?s=0.3 HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    assert wait_for(lambda: sum(w["in_flight"] for w in workers(daemon, "web")) == 0)
+    before = metric_count(daemon, "web", "200")
+    assert [call(daemon, "GET", "/web/after").status_code for _ in range(4)] == [200] * 4
+    assert metric_count(daemon, "web", "200") >= before + 4  # direct answers are counted as every other
+
+
+CONTAINER_PATHS = st.sampled_from([b"/web", b"/web/", b"/web/a/b?x=1&x=2", b"/web/%ff%2e%2e", b"/web/echo",
+                                   b"/web/chunked", b"/web//x", b"/tcp/echo"])
+
+
+@st.composite
+def proxied_requests(draw: st.DrawFn) -> bytes:
+    headers = [(b"Host", b"localhost")] + draw(st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=6))
+    head = draw(METHODS) + b" " + draw(CONTAINER_PATHS) + b" HTTP/1.1\r\n"
+    return head + b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n" + draw(BODIES)
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=proxied_requests())
+def test_hostile_requests_to_a_container_get_a_well_formed_answer(daemon: Daemon, raw: bytes) -> None:
+    """Whatever a client sends through the proxy: an answer that is HTTP, below 500 unless the
+    container itself failed it (502 naming the API), and the replicas are still the same."""
+    before = sorted(w["pid"] for w in workers(daemon, "web"))
+    answer = exchange(daemon, raw)
+    if answer:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status = int(head.split(b"\r\n", 1)[0].split(b" ")[1])
+        assert status < 500 or (status == 502 and json.loads(body)["api"] in ("web", "tcp")), answer[:500]
+    assert sorted(w["pid"] for w in workers(daemon, "web")) == before
+
+
+def metric_count(daemon: Daemon, api: str, code: str) -> float:
+    text = daemon.client.get("/-/metrics").text
+    found = re.search(rf'^inferd_requests_total{{api="{api}",code="{code}"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def test_tcp_socket_probe_and_an_unused_image(daemon: Daemon) -> None:

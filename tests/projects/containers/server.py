@@ -88,6 +88,11 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(0.2)
             self.wfile.write(b"0\r\n\r\n")
             return None
+        if url.path == "/chunked":  # a whole answer framed in chunks, in one write
+            piece = json.dumps({"chunked": True}).encode()
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"%x\r\n%s\r\n0\r\n\r\n" % (len(piece), piece))
+            return None
         if url.path == "/echo":
             self.send_response(200)
             self.send_header("Content-Type", self.headers.get("Content-Type", "application/octet-stream"))
