@@ -93,7 +93,7 @@ class ContainerProxy:
             replica.leave(True)
             return False
         started = self.recorder.begin()
-        conn.head.add_done_callback(lambda _: self._direct_answer(exchange, replica, conn, rid, started))
+        conn.on_head = lambda: self._direct_answer(exchange, replica, conn, rid, started)
         return True
 
     def _free_replica(self) -> ContainerReplica | None:

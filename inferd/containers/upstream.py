@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import httptools
@@ -46,6 +46,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.delimited_by_close = False
         self.head_only = head_only
         self._wake: asyncio.Future[None] | None = None
+        # called once, at the end of the read that brought the head (or the failure): the direct
+        # road's answer is written from there, with no task to wake
+        self.on_head: Callable[[], None] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -59,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(f"the container's answer is not valid HTTP: {exc}")
             self.close()
+        self._tell_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -69,6 +73,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail("the container closed the connection before it answered in full")
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+        self._tell_head()
+
+    def _tell_head(self) -> None:
+        if self.on_head is not None and self.head.done():
+            on_head, self.on_head = self.on_head, None
+            on_head()
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -359,7 +359,16 @@ class InferdHttpProtocol(HttpToolsProtocol):
         elif closes:
             self._close("answered")
             return
-        super().on_response_complete()
+        # uvicorn's own, less its keep-alive timer: a new timer per answer, where the lazy one
+        # that _mark_idle_if_done arms covers the idle connection
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
         self._mark_idle_if_done()
 
     def _mark_idle_if_done(self) -> None:
