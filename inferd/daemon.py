@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import uvicorn
 
+from inferd.containers.launch import scratch_root, sweep_scratch
 from inferd.control.schema import load_schema
 from inferd.control.server import ControlServer
 from inferd.control.target import DaemonControl
@@ -185,6 +186,10 @@ class Daemon:
             if self.control is not None:
                 await self.control.stop()
             return EXIT_FAILED
+        swept = sweep_scratch(self.settings.state_dir)
+        if swept:
+            log.warning("scratch_swept", count=swept, path=str(scratch_root(self.settings.state_dir)),
+                        detail="scratch directories a killed daemon left behind were removed")
         # the bound ports: with port 0 in the settings the kernel picked them (tests, side-by-side daemons)
         port = sock.getsockname()[1]
         # what the APIs' environments name as the daemon's address (container APIs' chaining URL)

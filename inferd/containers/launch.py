@@ -15,6 +15,7 @@ Kubernetes expands against the declared environment.
 
 from __future__ import annotations
 
+import shutil
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -125,6 +126,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 def scratch_root(state_dir: Path) -> Path:
     """Where the replicas' scratch directories (the seeds' ``/mnt``) are made."""
     return state_dir / "scratch"
+
+
+def sweep_scratch(state_dir: Path) -> int:
+    """Remove the scratch directories a daemon that was killed (SIGKILL, a power cut) could not
+    remove itself; called at start, once the control socket shows no other daemon uses this state
+    directory. Returns how many there were."""
+    root = scratch_root(state_dir)
+    if not root.is_dir():
+        return 0
+    left = [entry for entry in root.iterdir() if entry.is_dir() and not entry.is_symlink()]
+    for entry in left:
+        shutil.rmtree(entry, ignore_errors=True)
+    return len(left)
 
 
 _image_noted: set[tuple[str, str]] = set()

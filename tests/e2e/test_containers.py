@@ -32,6 +32,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("containers")
     project = tmp / "project"
     shutil.copytree(PROJECTS / "containers", project)
+    # what a daemon killed with SIGKILL leaves: a replica's scratch directory, swept at the next start
+    stale = tmp / "d" / "state" / "scratch" / "web-0-killed"
+    stale.mkdir(parents=True)
+    (stale / "model.bin").write_bytes(b"x" * 1024)
     running = Daemon(project, tmp / "d", env={"INFERD_CONTAINER_ENGINE": "none"})
     # requests sent while the replicas start: they wait for readiness, none reaches a server early
     early: list[int] = []
@@ -64,6 +68,12 @@ def call(daemon: Daemon, method: str, path: str, **kwargs: object) -> httpx.Resp
 
 def workers(daemon: Daemon, api: str) -> list[dict]:
     return daemon.api(api)["workers"]
+
+
+def test_scratch_left_by_a_killed_daemon_is_swept_at_start(daemon: Daemon) -> None:
+    assert not (daemon.state_dir / "scratch" / "web-0-killed").exists()
+    (swept,) = [e for e in daemon.log_events() if e.get("event") == "scratch_swept"]
+    assert swept["count"] == 1
 
 
 def test_requests_before_readiness_wait_for_it(daemon: Daemon) -> None:
