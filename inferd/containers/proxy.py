@@ -51,6 +51,7 @@ class ReplicaFull(Exception):
 
 
 class ContainerProxy:
+    answers_directly = True  # see inferd.http.routing.answers_directly
     def __init__(self, api: str, endpoint: str, pool: WorkerPool, max_body_size: int, metrics: Metrics) -> None:
         self.api = api
         self.endpoint = endpoint.encode("latin-1")
@@ -98,12 +99,11 @@ class ContainerProxy:
 
     def _free_replica(self) -> ContainerReplica | None:
         """The replica ``_pick`` would choose, admitted and inside, if it has a free place now."""
-        ready = self.pool.ready_workers()
+        ready = [w for w in self.pool.ready_workers() if isinstance(w, ContainerReplica)]
         if not ready:
             return None
-        self._turn = (self._turn + 1) % len(ready)
-        replica = min(ready[self._turn:] + ready[:self._turn], key=lambda r: r.in_flight)
-        if not isinstance(replica, ContainerReplica) or replica.state == "exited" or not replica.admit():
+        replica = self._choose(ready)
+        if replica.state == "exited" or not replica.admit():
             return None
         if not replica.try_enter():
             replica.leave(False)
@@ -189,13 +189,17 @@ class ContainerProxy:
         ready = [w for w in (pool.ready_workers() or await self._wait_ready()) if isinstance(w, ContainerReplica)]
         if not ready:
             raise ApiUnavailable(f"api '{self.api}' has no ready replica")
-        self._turn = (self._turn + 1) % len(ready)  # ties go round the replicas
-        replica = min(ready[self._turn:] + ready[:self._turn], key=lambda r: r.in_flight)
+        replica = self._choose(ready)
         if not replica.admit():
             pod = replica.pod
             raise ReplicaFull(f"api '{self.api}' is at capacity: {len(ready)} replica(s) x (pod.max_concurrency "
                               f"{pod.max_concurrency} + pod.max_queue_length {pod.max_queue_length}) requests admitted")
         return replica
+
+    def _choose(self, ready: list[ContainerReplica]) -> ContainerReplica:
+        """The ready replica with the fewest admitted requests; ties go round the replicas."""
+        self._turn = (self._turn + 1) % len(ready)
+        return min(ready[self._turn:] + ready[:self._turn], key=lambda r: r.in_flight)
 
     async def _wait_ready(self) -> list[WorkerBackend]:
         """No replica is ready: while one is only out of rotation for now (a failing readiness

@@ -50,6 +50,8 @@ class InferdApp:
     def direct_handler(self, scope: Scope) -> DirectHandler | None:
         """What answers this request from the protocol's callbacks, if its route can (see
         ``inferd.http.protocol.DirectExchange``); None sends it through ``__call__``."""
+        if not self.table.has_direct:
+            return None
         if self.hosts.checked and host_refusal(self.hosts, host_header(scope)) is not None:
             return None
         path = scope["path"]

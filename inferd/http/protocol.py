@@ -143,8 +143,9 @@ class DirectExchange:
         return self.cycle.scope  # type: ignore[return-value]
 
     @property
-    def body(self) -> bytes:
-        return bytes(self.cycle.body)
+    def body(self) -> bytearray:
+        """The whole body as read (uvicorn's buffer, not a copy)."""
+        return self.cycle.body
 
     def answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """The whole answer, with the server's default headers (Date) as uvicorn would add them."""

@@ -54,6 +54,8 @@ class RouteTable:
                     raise DuplicateRoute(f"two APIs are mounted at {prefix}")
                 mounts[prefix] = route.app
         self.mounts = sorted(mounts.items(), key=lambda item: len(item[0]), reverse=True)
+        # decided once per table: with no such route, requests are never looked up twice
+        self.has_direct = any(answers_directly(app) for app in (*self.exact.values(), *mounts.values()))
 
     def match(self, path: str) -> tuple[ASGIApp | None, str]:
         """The app for ``path`` and the part of the path below its mount ('' for exact routes)."""
@@ -67,6 +69,17 @@ class RouteTable:
             if path.startswith(prefix) and path[len(prefix)] == "/":
                 return mounted, path[len(prefix) + 1:]
         return None, ""
+
+
+def answers_directly(app: ASGIApp) -> bool:
+    """Whether ``app``, or an app it wraps (``.app``), may answer requests directly: it says so
+    with a true ``answers_directly`` class attribute."""
+    current: object = app
+    while current is not None:
+        if getattr(type(current), "answers_directly", False):
+            return True
+        current = getattr(current, "app", None)
+    return False
 
 
 def direct_handler(app: ASGIApp, scope: Scope) -> DirectHandler | None:

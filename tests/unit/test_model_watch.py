@@ -65,12 +65,17 @@ def test_a_models_dir_that_is_replaced_is_watched_again(tmp_path: Path, watching
     watching([str(root)], lambda: calls.append(time.monotonic()))
     shutil.rmtree(root)  # rm -rf models && cp -r new-models models
     (root / "2").mkdir(parents=True)
+    assert_later_changes_seen(root, calls, "3", "changes in the new directory are not seen")
+
+
+def assert_later_changes_seen(root: Path, calls: list[float], version: str, why: str) -> None:
+    """The replaced directory was noticed, and a version added to it afterwards is noticed too."""
     assert eventually(lambda: calls)
     time.sleep(1.5)
     before = len(calls)
-    (root / "3").mkdir()
-    (root / "3" / "model.txt").write_text("v3")
-    assert eventually(lambda: len(calls) > before), "changes in the new directory are not seen"
+    (root / version).mkdir()
+    (root / version / "model.txt").write_text(f"v{version}")
+    assert eventually(lambda: len(calls) > before), why
 
 
 def test_a_models_dir_swapped_by_rename_is_watched_again(tmp_path: Path, watching: Any) -> None:
@@ -83,12 +88,7 @@ def test_a_models_dir_swapped_by_rename_is_watched_again(tmp_path: Path, watchin
     (staged / "1" / "model.txt").write_text("v1")
     root.rename(tmp_path / "old")
     staged.rename(root)
-    assert eventually(lambda: calls)
-    time.sleep(1.5)
-    before = len(calls)
-    (root / "2").mkdir()
-    (root / "2" / "model.txt").write_text("v2")
-    assert eventually(lambda: len(calls) > before), "changes in the swapped-in directory are not seen"
+    assert_later_changes_seen(root, calls, "2", "changes in the swapped-in directory are not seen")
 
 
 def test_a_model_path_missing_at_start_is_watched_once_it_appears(tmp_path: Path, watching: Any) -> None:

@@ -52,3 +52,19 @@ def test_any_path_routes_as_the_plain_rule_says(path: str) -> None:
                 expected = (app, clean[len(prefix) + 1:])
                 break
     assert table.match(path) == expected
+
+
+def test_a_table_knows_once_whether_any_route_answers_directly() -> None:
+    from inferd.http.cors import with_cors
+
+    class Proxy:
+        answers_directly = True
+
+        async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+            pass
+
+    async def plain(scope, receive, send):  # type: ignore[no-untyped-def]
+        pass
+
+    assert not RouteTable([Route("/a", plain), Mount("/b", with_cors(plain, [], "b"))]).has_direct
+    assert RouteTable([Route("/a", plain), Mount("/web", with_cors(Proxy(), [], "web"))]).has_direct
