@@ -384,6 +384,7 @@ class Daemon:
         return code
 
     async def _drain(self, server: HttpServer, serving: asyncio.Task[None]) -> None:
+        self.app.stopping = True
         server.should_exit = True
         await serving
         assert self.grpc is not None

@@ -8,12 +8,17 @@ changes it atomically.
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inferd.http.hosts import UNCHECKED, HostPolicy, host_refusal
 from inferd.http.protocol import DirectHandler
 from inferd.http.responses import send_error
 from inferd.http.routing import RouteTable, direct_handler
+from inferd.logs import get_logger
+
+log = get_logger()
 
 
 class InferdApp:
@@ -21,6 +26,7 @@ class InferdApp:
         self.system = system
         self.hosts = hosts
         self.table = RouteTable()
+        self.stopping = False  # the daemon is shutting down: a request cancelled now ran past the grace period
 
     def set_routes(self, table: RouteTable) -> None:
         self.table = table
@@ -45,7 +51,22 @@ class InferdApp:
             return
         if rest:
             scope["path_params"] = {"path": rest}
-        await endpoint(scope, receive, send)
+        try:
+            await endpoint(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+            await self._cut_by_shutdown(scope, send)
+
+    async def _cut_by_shutdown(self, scope: Scope, send: Send) -> None:
+        """A request still running when the shutdown grace period ended: a 503 naming why, when
+        nothing was answered yet (not uvicorn's 500 and "Exception in ASGI application")."""
+        log.warning("request_cut_by_shutdown", path=scope["path"])
+        try:
+            await send_error(send, 503, None, "inferd is shutting down and this request did not finish within "
+                                              "its shutdown_grace_period")
+        except RuntimeError:  # the answer had begun: the connection is closed under it
+            raise asyncio.CancelledError from None
 
     def direct_handler(self, scope: Scope) -> DirectHandler | None:
         """What answers this request from the protocol's callbacks, if its route can (see

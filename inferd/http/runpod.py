@@ -22,7 +22,7 @@ from inferd.http.body import BodyTooLarge, ClientGone, content_length, read_body
 from inferd.http.responses import send_error, send_json
 from inferd.jobs.webhooks import WebhookSender
 from inferd.metrics import Metrics
-from inferd.store.runpod import CANCELLED, FINAL_STATUSES, IN_QUEUE, RunPodJob, RunPodJobStore
+from inferd.store.runpod import CANCELLED, FINAL_STATUSES, IN_PROGRESS, IN_QUEUE, RunPodJob, RunPodJobStore
 
 SYNC_WAIT_MS = 90_000          # /runsync's default wait
 SYNC_WAIT_RANGE = (1_000, 300_000)
@@ -137,6 +137,13 @@ class Dispatcher(Protocol):
 
     def notify(self) -> None: ...
 
+    def run_unqueued(self, job_input: bytes, webhook: str | None, execution_timeout_ms: int,
+                     ttl_ms: int) -> RunPodJob | None: ...
+
+    async def write_row(self, job_id: str) -> None: ...
+
+    def unwritten(self) -> dict[str, int]: ...
+
     def stop_job(self, job_id: str, reason: str) -> bool: ...
 
     def health_workers(self) -> dict[str, int]: ...
@@ -147,6 +154,16 @@ class NoDispatcher:
 
     def notify(self) -> None:
         pass
+
+    def run_unqueued(self, job_input: bytes, webhook: str | None, execution_timeout_ms: int,
+                     ttl_ms: int) -> RunPodJob | None:
+        return None
+
+    async def write_row(self, job_id: str) -> None:
+        pass
+
+    def unwritten(self) -> dict[str, int]:
+        return {}
 
     def stop_job(self, job_id: str, reason: str) -> bool:
         return False
@@ -190,7 +207,7 @@ class RunPodEndpoint:
         route = self.routes.get((scope["method"], operation))
         if route is None:
             return await self._no_route(scope["method"], operation, send)
-        if not key_accepted(self.settings.api_keys, presented_key(scope)):
+        if self.settings.api_keys and not key_accepted(self.settings.api_keys, presented_key(scope)):
             await send_error(send, 401, self.api, "Authorization does not carry an accepted API key")
             return 401
         if (operation in ("status", "stream", "cancel", "retry")) != bool(job_id):
@@ -224,6 +241,11 @@ class RunPodEndpoint:
         except JobRequestError as exc:
             await send_error(send, 400, self.api, str(exc))
             return 400
+        if sync:  # straight to a free worker while nothing is queued: one write, when it ends
+            unqueued = self.dispatcher.run_unqueued(request.input, request.webhook, request.execution_timeout_ms,
+                                                    request.ttl_ms)
+            if unqueued is not None:
+                return unqueued
         submitted = asyncio.ensure_future(self.jobs.submit(self.api, request.input, request.webhook,
                                                            request.execution_timeout_ms, request.ttl_ms, sync))
         # the dispatcher is woken before the insert commits: its claim then usually joins the
@@ -249,7 +271,10 @@ class RunPodEndpoint:
             return job
         # a job that outlives its ttl is deleted unfinished (RunPod's rule): waiting longer is pointless
         wait_s = min(wait_ms, job.ttl_ms + 50) / 1000
-        current = await self.waiting.wait(job.id, wait_s) or await self.jobs.get(job.id)
+        current = await self.waiting.wait(job.id, wait_s)
+        if current is None:
+            await self.dispatcher.write_row(job.id)  # the id it answers must find the job
+            current = await self.jobs.get(job.id)
         if current is None:
             await send_error(send, 404, self.api, f"job {job.id} passed its ttl of {job.ttl_ms} ms before it "
                                                   "finished, and was deleted")
@@ -313,7 +338,11 @@ class RunPodEndpoint:
     # -- the endpoint ----------------------------------------------------------------------------
 
     async def _health(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
-        await send_json(send, 200, {"jobs": await self.jobs.counts(self.api), "workers": self.dispatcher.health_workers()})
+        jobs = await self.jobs.counts(self.api)
+        unwritten = self.dispatcher.unwritten()
+        jobs["inProgress"] += unwritten.get(IN_PROGRESS, 0)
+        jobs["inQueue"] += unwritten.get(IN_QUEUE, 0)
+        await send_json(send, 200, {"jobs": jobs, "workers": self.dispatcher.health_workers()})
         return 200
 
     async def _purge(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:

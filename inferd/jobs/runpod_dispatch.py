@@ -12,6 +12,17 @@ waiting for the daemon to see one result and send the next job. Such a job is IN
 the moment it is handed over, but its execution timeout counts from the moment the job before
 it ended; if its worker goes away before it began, it goes back to the queue uncounted.
 
+A ``/runsync`` job is not queued in the store (``run_unqueued``): it goes to a worker with a
+seat free, or waits in a line in memory for the next seat to free, and its row is written once,
+already final, when it ends. Its client waits for that commit, so every answered job is stored,
+with one write instead of three. Whatever needs the row sooner (its client's wait running out,
+progress, a stream item, a timeout, a dying worker, the daemon stopping) writes it first, as it
+stands (IN_QUEUE in the line, IN_PROGRESS once handed over), and the job goes on as a queued or
+claimed one. Order is kept across the two: once a job is queued in the store (or an idle poll
+passes, for jobs queued elsewhere), the line's jobs that came before it take the next seats,
+then claims take them until one comes back short, then the line's later jobs. A full line
+(LINE_JOBS, LINE_BYTES) queues /runsync jobs in the store.
+
 Stopping a running job (``/cancel``, ``policy.executionTimeout``) cancels its task in the worker
 when the handler is async; a sync handler cannot be interrupted, so its worker is replaced.
 So is a worker whose result says ``stopPod`` (``refresh_worker``).
@@ -20,17 +31,17 @@ So is a worker whose result says ``stopPod`` (``refresh_worker``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import json
 import socket
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
-from inferd.store.runpod import COMPLETED, FAILED, IN_PROGRESS, TIMED_OUT, RunPodJob, RunPodJobStore
+from inferd.store.runpod import COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, TIMED_OUT, RunPodJob, RunPodJobStore
 from inferd.worker import protocol
 from inferd.worker.backend import WorkerBackend
 from inferd.worker.pool import ApiUnavailable, WorkerDied, WorkerPool
@@ -47,6 +58,8 @@ SERIAL_KINDS = ("sync", "generator")        # handlers a worker runs one at a ti
 PIPELINE = 8            # jobs handed to a serial worker beyond the one it runs
 PIPELINE_BELOW = 0.05   # seconds: the handler's recent mean time under which its workers get them
 JOB_METHOD = "runpod.job"
+LINE_JOBS = 512                 # unqueued /runsync jobs waiting in memory for a seat, at most
+LINE_BYTES = 64 * 1024 * 1024   # and their inputs, at most; beyond either, they are queued
 
 JobFinished = Callable[[RunPodJob], None]
 
@@ -67,6 +80,15 @@ class RunningJob:
                                  + TIMER_SLACK)
 
 
+@dataclass
+class Unqueued:
+    """A job run without queueing, from its hand-over until its row is committed."""
+
+    job: RunPodJob
+    place: int  # its place in arrival order among the line's jobs
+    row: asyncio.Future[None] | None = None  # the write of its row, once begun (IN_PROGRESS, or final)
+
+
 class Seats:
     """The jobs one worker is running: the consumer takes a seat per job, and a seat frees as
     soon as the worker's result arrives, before that result is stored."""
@@ -75,6 +97,7 @@ class Seats:
         self.taken = 0
         self._changed = asyncio.Event()
         self.in_order: deque[RunningJob] = deque()  # a serial worker's jobs, in the order it runs them
+        self.on_free: Callable[[], None] = lambda: None  # called as a seat frees
 
     def take(self) -> Callable[[], None]:
         self.taken += 1
@@ -86,6 +109,7 @@ class Seats:
                 released = True
                 self.taken -= 1
                 self._changed.set()
+                self.on_free()
 
         return release
 
@@ -94,15 +118,29 @@ class Seats:
         await self._changed.wait()
 
 
+@dataclass
+class Feed:
+    """One ready worker's seats and the job tasks it runs (claimed or unqueued)."""
+
+    worker: WorkerBackend
+    seats: Seats = field(default_factory=Seats)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    taker: str = ""  # the worker's id in the jobs it runs (``workerId``)
+
+    def __post_init__(self) -> None:
+        self.taker = worker_id(self.worker)
+
+
 def worker_id(worker: WorkerBackend) -> str:
     return f"{socket.gethostname()}-{worker.pid}"
 
 
 def job_message(job: RunPodJob) -> bytes:
     """The job object the handler receives, as the platform's job-take hands it over."""
-    # spliced, not parsed and encoded again: the stored input is already the JSON to send
-    head = {"id": job.id} if job.webhook is None else {"id": job.id, "webhook": job.webhook}
-    return json.dumps(head).encode()[:-1] + b', "input": ' + job.input + b"}"
+    # spliced, not parsed and encoded again: the stored input is already the JSON to send; ids
+    # are ours (hex and dashes), a webhook is the client's and is encoded
+    webhook = b"" if job.webhook is None else b', "webhook": ' + json.dumps(job.webhook).encode()
+    return b'{"id": "' + job.id.encode() + b'"' + webhook + b', "input": ' + job.input + b"}"
 
 
 def result_fields(result: dict[str, Any]) -> tuple[str, bytes | None, str | None]:
@@ -128,6 +166,16 @@ class RunPodDispatcher:
         self._consumers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._pace = PIPELINE_BELOW  # moving mean of the handler's seconds per job
+        self._delays = metrics.runpod_queue_delay.labels(api)
+        self._executions = metrics.runpod_execution.labels(api)
+        self._feeds: list[Feed] = []
+        self._unqueued: dict[str, Unqueued] = {}  # by job id, from its hand-over until its row is committed
+        self._line: deque[Unqueued] = deque()     # unqueued jobs waiting for a seat, oldest first
+        self._line_bytes = 0
+        self._places = itertools.count()
+        self._before_store = 0  # the line's jobs placed before this one came before the store's
+        # True only while the last claim came back short and nothing was queued since (notify)
+        self._queue_empty = False
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -136,7 +184,75 @@ class RunPodDispatcher:
 
     def notify(self) -> None:
         """A job was queued: wake idle consumers now instead of at their next poll."""
+        self._store_first()
         self._wakeup.set()
+
+    def _store_first(self) -> None:
+        """The store's queue may hold jobs: they go before the line's jobs that come after now."""
+        if self._queue_empty:
+            self._queue_empty = False
+            self._before_store = self._line[-1].place + 1 if self._line else 0
+
+    def run_unqueued(self, job_input: bytes, webhook: str | None, execution_timeout_ms: int,
+                     ttl_ms: int) -> RunPodJob | None:
+        """A /runsync job for a worker now or at the next free seat, its row written when it
+        ends; None when it must be queued in the store (the line is full)."""
+        if self.stopping:
+            return None
+        feed = self._free_feed() if self._queue_empty and not self._line else None
+        if feed is None and (len(self._line) >= LINE_JOBS or self._line_bytes + len(job_input) > LINE_BYTES):
+            return None
+        unqueued = Unqueued(self.jobs.unqueued(self.api, job_input, webhook, execution_timeout_ms, ttl_ms),
+                            next(self._places))
+        self._unqueued[unqueued.job.id] = unqueued
+        if feed is None:
+            self._line.append(unqueued)
+            self._line_bytes += len(unqueued.job.input)
+        else:
+            self._hand_over(feed, unqueued)
+        return unqueued.job
+
+    async def write_row(self, job_id: str) -> None:
+        """Until an unqueued job's row is committed (as it stands, unless its final write began
+        first); at once for any other job. A job in the line is queued in the store."""
+        unqueued = self._unqueued.get(job_id)
+        if unqueued is None:
+            return
+        if unqueued.row is None:
+            unqueued.row = self.jobs.insert(unqueued.job)
+            if unqueued.job.status == IN_QUEUE:
+                self._leave_line(unqueued)
+                unqueued.row.add_done_callback(lambda _: self._unqueued.pop(job_id, None))
+                self.notify()  # before the insert commits, as /run does: the claim joins its group commit
+        await asyncio.shield(unqueued.row)
+
+    def unwritten(self) -> dict[str, int]:
+        """Unqueued jobs not in the store yet, by the status they have: IN_QUEUE (in the line)
+        and IN_PROGRESS (handed to a worker)."""
+        running = sum(1 for unqueued in self._unqueued.values() if unqueued.row is None) - len(self._line)
+        return {IN_QUEUE: len(self._line), IN_PROGRESS: running}
+
+    def _free_feed(self) -> Feed | None:
+        free = [feed for feed in self._feeds
+                if feed.worker.state == "ready" and feed.seats.taken < self._capacity(feed.worker)]
+        return min(free, key=lambda feed: feed.seats.taken) if free else None
+
+    def _fill(self, feed: Feed) -> None:
+        """A seat of ``feed`` freed (or it is new): the line's jobs, oldest first, take its free
+        seats, unless jobs queued in the store came before them."""
+        while self._line and (self._queue_empty or self._line[0].place < self._before_store) and not self.stopping \
+                and feed.worker.state == "ready" and feed.seats.taken < self._capacity(feed.worker):
+            unqueued = self._line[0]
+            self._leave_line(unqueued)
+            self._hand_over(feed, unqueued)
+
+    def _leave_line(self, unqueued: Unqueued) -> None:
+        self._line.remove(unqueued)
+        self._line_bytes -= len(unqueued.job.input)
+
+    def _hand_over(self, feed: Feed, unqueued: Unqueued) -> None:
+        unqueued.job = self.jobs.handed_over(unqueued.job, feed.taker)
+        self._start(feed, unqueued.job)
 
     async def stop(self, timeout: float) -> None:
         """Stop taking jobs; running ones get ``timeout`` to finish, the rest stay IN_PROGRESS
@@ -145,6 +261,8 @@ class RunPodDispatcher:
         self._wakeup.set()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+        # still running: stored IN_PROGRESS, so the next start queues them again as claimed ones
+        await asyncio.gather(*(self.write_row(job_id) for job_id in list(self._unqueued)), return_exceptions=True)
         for task in self._consumers:
             task.cancel()
         await asyncio.gather(*self._consumers, return_exceptions=True)
@@ -206,9 +324,19 @@ class RunPodDispatcher:
 
     async def _feed(self, worker: WorkerBackend) -> None:
         """Jobs for this worker until it is no longer ready, as many at once as its handler runs."""
-        seats = Seats()
-        mine: set[asyncio.Task[None]] = set()
-        taker = worker_id(worker)
+        feed = Feed(worker)
+        feed.seats.on_free = lambda: self._fill(feed)
+        self._feeds.append(feed)
+        self._fill(feed)
+        try:
+            await self._claim_for(feed)
+        finally:
+            self._feeds.remove(feed)
+        if feed.tasks:  # a replaced worker's jobs end (requeued or final) before its slot takes more
+            await asyncio.wait(feed.tasks)
+
+    async def _claim_for(self, feed: Feed) -> None:
+        worker, seats, taker = feed.worker, feed.seats, feed.taker
         queued = True  # whether the queue may hold a job: a claim that came back short says it is empty
         while not self.stopping and worker.state == "ready":
             room = self._room(worker, seats)
@@ -222,24 +350,36 @@ class RunPodDispatcher:
             self._wakeup.clear()
             taken = await self.jobs.claim_many(self.api, taker, room)
             queued = len(taken) == room or self._wakeup.is_set()
-            if not taken:
-                continue
             for job in taken:
-                task = asyncio.get_running_loop().create_task(self._run(worker, job, seats.take(), seats.in_order))
-                mine.add(task)
-                task.add_done_callback(mine.discard)
-                self._keep(task)
-        if mine:  # a replaced worker's jobs end (requeued or final) before its slot takes more
-            await asyncio.wait(mine)
+                self._start(feed, job)
+            if not queued and not self._queue_empty:  # the store's queue is done: the line's turn, after these
+                self._queue_empty = True
+                for other in list(self._feeds):
+                    self._fill(other)
+
+    def _start(self, feed: Feed, job: RunPodJob) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(feed.worker, job, feed.seats.take(),
+                                                                feed.seats.in_order))
+        feed.tasks.add(task)
+        task.add_done_callback(feed.tasks.discard)
+        self._keep(task)
+
+    @staticmethod
+    def _concurrency(worker: WorkerBackend) -> int:
+        return max(1, int(worker.info.get("concurrency", 1)))
+
+    def _capacity(self, worker: WorkerBackend) -> int:
+        """Jobs ``worker`` may hold: its handler's concurrency, plus a pipeline for a serial
+        handler whose jobs are short."""
+        if self._pace >= PIPELINE_BELOW or worker.info.get("handler_kind") not in SERIAL_KINDS:
+            return self._concurrency(worker)
+        return self._concurrency(worker) + PIPELINE
 
     def _room(self, worker: WorkerBackend, seats: Seats) -> int:
         """Jobs to claim for ``worker`` now; while it has jobs waiting in its pipeline, only once
         half the pipeline is free, so one claim serves several jobs."""
-        concurrency = max(1, int(worker.info.get("concurrency", 1)))
-        if self._pace >= PIPELINE_BELOW or worker.info.get("handler_kind") not in SERIAL_KINDS:
-            return concurrency - seats.taken
-        room = concurrency + PIPELINE - seats.taken
-        return room if seats.taken <= concurrency or room >= PIPELINE // 2 else 0
+        room = self._capacity(worker) - seats.taken
+        return room if seats.taken <= self._concurrency(worker) or room >= PIPELINE // 2 else 0
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
@@ -252,10 +392,12 @@ class RunPodDispatcher:
 
     async def _idle(self) -> None:
         """Until a job is queued here, or IDLE_POLL passes (a job another node queued, or a
-        wake-up missed)."""
-        with contextlib.suppress(TimeoutError):
+        wake-up missed: the fast lane waits for the next claim)."""
+        try:
             async with asyncio.timeout(IDLE_POLL):
                 await self._wakeup.wait()
+        except TimeoutError:
+            self._store_first()
 
     # -- one job ---------------------------------------------------------------------------------
 
@@ -265,6 +407,7 @@ class RunPodDispatcher:
             await self._run_on(worker, job, release, in_order)
         finally:
             release()
+            self._unqueued.pop(job.id, None)
 
     async def _run_on(self, worker: WorkerBackend, job: RunPodJob, release: Callable[[], None],
                       in_order: deque[RunningJob]) -> None:
@@ -314,6 +457,8 @@ class RunPodDispatcher:
         job_id = running.job.id
         async for body in running.stream.messages():
             message = json.loads(body)
+            if "result" not in message:
+                await self.write_row(job_id)
             if "stream" in message:
                 await self.jobs.append_stream(job_id, json.dumps(message["stream"]).encode())
             elif "progress" in message:
@@ -330,7 +475,15 @@ class RunPodDispatcher:
 
     async def _finish(self, running: RunningJob, result: dict[str, Any]) -> None:
         status, output, error = result_fields(result)
-        finished = await self.jobs.finish(running.job.id, status, output, error)
+        unqueued = self._unqueued.get(running.job.id)
+        if unqueued is not None and unqueued.row is None:  # one write, the whole final row
+            final = self.jobs.finished(unqueued.job, status, output, error)
+            unqueued.row = self.jobs.insert(final)
+            await asyncio.shield(unqueued.row)  # a write_row waiting on the same write is not cancelled with us
+            finished: RunPodJob | None = final
+        else:
+            await self.write_row(running.job.id)
+            finished = await self.jobs.finish(running.job.id, status, output, error)
         if result.get("stopPod"):
             self.pool.retire(running.worker, "the handler asked for a fresh worker (refresh_worker)",
                              drain=self.pool.config.stop_timeout)
@@ -343,6 +496,7 @@ class RunPodDispatcher:
         job = running.job
         reason = f"execution timeout of {job.execution_timeout_ms} ms (policy.executionTimeout) passed"
         running.stop_reason = reason
+        await self.write_row(job.id)
         finished = await self.jobs.finish(job.id, TIMED_OUT, None, reason)
         # the handler may still be running: its worker is replaced (stacks logged), so nothing of it lingers
         self.pool.retire(running.worker, f"job {job.id}: {reason}", abort=True)
@@ -351,11 +505,12 @@ class RunPodDispatcher:
             self._finished(finished)
 
     def _finished(self, job: RunPodJob) -> None:
-        self.metrics.runpod_queue_delay.labels(self.api).observe(job.delay_ms / 1000)
-        self.metrics.runpod_execution.labels(self.api).observe(job.execution_ms / 1000)
+        self._delays.observe(job.delay_ms / 1000)
+        self._executions.observe(job.execution_ms / 1000)
         self.on_finished(job)
 
     async def _interrupted(self, job: RunPodJob, reason: str, began: bool) -> None:
+        await self.write_row(job.id)
         current = await self.jobs.get(job.id)
         if current is None or current.status != IN_PROGRESS:
             return

@@ -106,6 +106,9 @@ class RunPodKind(Kind):
         if jobs is None:
             return
         counts = await jobs.counts_by_status(runtime.name)
+        if isinstance(runtime.consumer, RunPodDispatcher):
+            for status, unwritten in runtime.consumer.unwritten().items():
+                counts[status] += unwritten
         for status in STATUSES:
             context.metrics.runpod_jobs.labels(runtime.name, status).set(counts.get(status, 0))
         runtime.extra["queue_length"] = counts.get("IN_QUEUE", 0)

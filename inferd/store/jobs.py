@@ -266,6 +266,10 @@ class AsyncJobStore:
         """Run ``operation`` in the writer's next group commit; returns once it is committed."""
         return await self._writer.execute(operation)
 
+    def write_soon(self, operation: Raw | RawInsert) -> asyncio.Future[Any]:
+        """``write`` as a future, queued in order at once (no task in between)."""
+        return self._writer.submit(operation)
+
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(sqlite3_connection, *args)`` on one of the read-only connections."""
         self._check_open()

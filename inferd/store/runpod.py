@@ -12,6 +12,7 @@ and a late report from a worker cannot bring an expired job back.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import uuid
@@ -135,6 +136,9 @@ INSERT = (
     "INSERT INTO runpod_jobs (id, api, status, input, webhook, execution_timeout_ms, ttl_ms, sync,"
     f" attempts, retried, created_at) VALUES (?, ?, '{IN_QUEUE}', ?, ?, ?, ?, ?, 0, 0, ?)"
 )  # positional: RawInserts of one batch run as one executemany
+# A job run without queueing (/runsync with a worker free): its whole row in one statement, when it
+# ends (already final) or when something needs it sooner (``RunPodJobStore.insert``).
+INSERT_WHOLE = f"INSERT INTO runpod_jobs ({COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS.split(',')))})"
 BY_ID = f"SELECT {COLUMNS} FROM runpod_jobs WHERE id = :id AND {_LIVE}"
 BY_ID_AND_API = f"{BY_ID} AND api = :api"
 STATUS_OF = f"SELECT status FROM runpod_jobs WHERE id = :id AND {_LIVE}"
@@ -281,6 +285,37 @@ class RunPodJobStore:
         job = (job_id, api, IN_QUEUE, bytes(job_input), webhook, execution_timeout_ms, ttl_ms, int(sync),
                None, None, 0, 0, None, now, None, None)
         return RunPodJob.from_row(job, now)
+
+    # An unqueued job (``RunPodDispatcher.run_unqueued``) lives in memory through the states a
+    # queued one goes through in the store, until ``insert`` writes it as it then stands.
+
+    def unqueued(self, api: str, job_input: bytes, webhook: str | None, execution_timeout_ms: int,
+                 ttl_ms: int) -> RunPodJob:
+        """A /runsync job as ``submit`` would have queued it, not written."""
+        now = self._clock()
+        return RunPodJob(f"sync-{uuid.uuid4()}", api, IN_QUEUE, bytes(job_input), webhook, execution_timeout_ms, ttl_ms,
+                         True, None, None, 0, 0, None, now, None, None, now)
+
+    def handed_over(self, job: RunPodJob, worker_id: str) -> RunPodJob:
+        """An unwritten job as a claim by ``worker_id`` would have left it, now."""
+        now = self._clock()
+        return RunPodJob(job.id, job.api, IN_PROGRESS, job.input, job.webhook, job.execution_timeout_ms, job.ttl_ms,
+                         job.sync, None, None, job.attempts + 1, job.retried, worker_id, job.created_at, now, None, now)
+
+    def finished(self, job: RunPodJob, status: str, output: bytes | None, error: str | None) -> RunPodJob:
+        """An unwritten job as ``finish`` would have left it, now."""
+        now = self._clock()
+        return RunPodJob(job.id, job.api, status, job.input, job.webhook, job.execution_timeout_ms, job.ttl_ms,
+                         job.sync, output, error, job.attempts, job.retried, job.worker_id, job.created_at,
+                         job.started_at, now, now)
+
+    def insert(self, job: RunPodJob) -> asyncio.Future[None]:
+        """Write an unqueued job's row as ``job`` stands; the future is done once committed."""
+        row = (job.id, job.api, job.status, job.input, job.webhook, job.execution_timeout_ms, job.ttl_ms,
+               int(job.sync), job.output, job.error, job.attempts, job.retried, job.worker_id,
+               to_micros(job.created_at), *(None if moment is None else to_micros(moment)
+                                            for moment in (job.started_at, job.finished_at)))
+        return self._jobs.write_soon(RawInsert(INSERT_WHOLE, row))
 
     async def claim(self, api: str, worker_id: str) -> RunPodJob | None:
         """The oldest IN_QUEUE job of ``api`` within its ttl, now IN_PROGRESS on ``worker_id``."""

@@ -108,11 +108,16 @@ class GroupCommitWriter:
 
     async def execute(self, operation: Operation) -> Any:
         """Run ``operation`` in the next group commit; return its result once committed."""
-        if self._closing or self._task.done():
-            raise StoreClosed("the job store is closed")
+        return await self.submit(operation)
+
+    def submit(self, operation: Operation) -> asyncio.Future[Any]:
+        """``execute``, queued now: the future is done once committed (StoreClosed if closed)."""
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((operation, future))
-        return await future
+        if self._closing or self._task.done():
+            future.set_exception(StoreClosed("the job store is closed"))
+        else:
+            self._queue.put_nowait((operation, future))
+        return future
 
     async def close(self) -> None:
         """Finish everything already queued, then stop."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,9 +28,12 @@ class StreamCall:
         self._send = send
         self._on_finished = on_finished
         self.abort_worker = abort_worker  # the handler is stuck: replace the worker running it
-        self._messages: asyncio.Queue[Any] = asyncio.Queue()
+        # a deque and one waiter, not an asyncio.Queue: most calls (RunPod jobs, unary gRPC)
+        # carry one message, and a Queue with its Event costs more than the message
+        self._messages: deque[Any] = deque()
+        self._arrived: asyncio.Future[None] | None = None  # the reader waiting for a message
         self._credit = WINDOW
-        self._credit_changed = asyncio.Event()
+        self._credit_changed: asyncio.Event | None = None  # made when a sender first waits
         self.end: protocol.End | None = None
         self.started = time.perf_counter()
         self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -41,22 +45,31 @@ class StreamCall:
     # -- from the worker ---------------------------------------------------------------------
 
     def on_message(self, body: bytes) -> None:
-        self._messages.put_nowait(body)
+        self._put(body)
 
     def on_credit(self, count: int) -> None:
         self._credit += count
-        self._credit_changed.set()
+        self._wake_sender()
+
+    def _put(self, item: Any) -> None:
+        self._messages.append(item)
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+
+    def _wake_sender(self) -> None:
+        if self._credit_changed is not None:
+            self._credit_changed.set()
 
     def on_end(self, end: protocol.End) -> None:
         """The worker's last frame for this call: its status (and a unary reply); the slot is free."""
         if self.end is None:
             if end.has_reply:
-                self._messages.put_nowait(end.body)
+                self._messages.append(end.body)
             self.end = end
             if not self._done.done():
                 self._done.set_result(None)
-            self._messages.put_nowait(_END)
-            self._credit_changed.set()
+            self._put(_END)
+            self._wake_sender()
             self._on_finished(self.id)
 
     def on_gone(self, message: str) -> None:
@@ -67,6 +80,8 @@ class StreamCall:
     async def send_input(self, body: bytes) -> bool:
         """Forward one client message; False once the call has ended (stop reading the client)."""
         while self._credit <= 0 and not self.finished:
+            if self._credit_changed is None:
+                self._credit_changed = asyncio.Event()
             self._credit_changed.clear()
             await self._credit_changed.wait()
         if self.finished:
@@ -89,14 +104,20 @@ class StreamCall:
         # shielded: a cancelled caller (deadline) must not cancel the future on_end will resolve
         await asyncio.shield(self._done)
         reply = None
-        while (item := self._messages.get_nowait()) is not _END:
+        while (item := self._messages.popleft()) is not _END:
             reply = item
         return reply
 
     async def messages(self) -> AsyncIterator[bytes]:
         """The worker's messages in order; each one consumed returns a credit to the worker."""
         while True:
-            item = await self._messages.get()
+            while not self._messages:
+                self._arrived = asyncio.get_running_loop().create_future()
+                try:
+                    await self._arrived
+                finally:
+                    self._arrived = None
+            item = self._messages.popleft()
             if item is _END:
                 return
             yield item

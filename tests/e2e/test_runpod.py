@@ -9,8 +9,10 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -430,6 +432,70 @@ def test_concurrent_jobs_on_one_worker_bounded_by_the_modifier(extra: RunningDae
     assert max(running_with) == 3, running_with  # several at once, never more than --max_concurrency 3
 
 
+# -- /runsync jobs not queued in the store: straight to a free worker, or in line for one ----------
+
+def wait_health(daemon: RunningDaemon, api: str, **expected: int) -> dict:
+    deadline = time.monotonic() + 30
+    while (jobs := health(daemon, api)["jobs"]) and any(jobs[k] != v for k, v in expected.items()):
+        assert time.monotonic() < deadline, (jobs, expected)
+        time.sleep(0.02)
+    return jobs
+
+
+def runsync_in_thread(daemon: RunningDaemon, api: str, job_input: object, query: str = "") -> tuple[threading.Thread, list]:
+    answers: list = []
+
+    def call() -> None:
+        reply = daemon.client.post(f"/v2/{api}/runsync{query}", json={"input": job_input}, timeout=120)
+        answers.append(reply)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread, answers
+
+
+def test_runsync_jobs_line_up_in_arrival_order_with_a_queued_run_job(extra: RunningDaemon, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    first, first_answer = runsync_in_thread(extra, "gated", {"n": "a", "gate": str(gate)})
+    wait_health(extra, "gated", inProgress=1, inQueue=0)  # handed to the worker, in no queue
+    second, second_answer = runsync_in_thread(extra, "gated", {"n": "b"})
+    wait_health(extra, "gated", inProgress=1, inQueue=1)  # in line for the busy worker
+    queued = run(extra, "gated", {"n": "run"})
+    assert status(extra, "gated", queued)["status"] == "IN_QUEUE"
+    third, third_answer = runsync_in_thread(extra, "gated", {"n": "c"})
+    wait_health(extra, "gated", inProgress=1, inQueue=3)
+    gate.touch()
+    for thread in (first, second, third):
+        thread.join(60)
+    answers = [answer[0].json() for answer in (first_answer, second_answer, third_answer)]
+    run_job = wait_status(extra, "gated", queued)
+    jobs = [*answers, run_job]
+    assert all(job["status"] == "COMPLETED" for job in jobs), jobs
+    in_order = [job["output"]["n"] for job in sorted(jobs, key=lambda job: job["output"]["started"])]
+    assert in_order == ["a", "b", "run", "c"]  # the /run job after the line's earlier job, before its later one
+    for answer in answers:  # every answered job is in the store as answered
+        assert status(extra, "gated", answer["id"]) == answer
+    for job in jobs:
+        assert_times(job)
+    wait_health(extra, "gated", inProgress=0, inQueue=0)
+
+
+def test_runsync_wait_runs_out_in_line_and_the_job_is_queued(extra: RunningDaemon, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    first, first_answer = runsync_in_thread(extra, "gated-line", {"n": "a", "gate": str(gate)})
+    wait_health(extra, "gated-line", inProgress=1, inQueue=0)
+    reply = extra.client.post("/v2/gated-line/runsync?wait=1000", json={"input": {"n": "b"}})
+    assert reply.status_code == 200, reply.text
+    waited = reply.json()
+    assert waited == {"id": waited["id"], "status": "IN_QUEUE"}
+    assert status(extra, "gated-line", waited["id"])["status"] == "IN_QUEUE"  # the id it answered finds the job
+    gate.touch()
+    first.join(60)
+    assert first_answer[0].json()["status"] == "COMPLETED"
+    done = wait_status(extra, "gated-line", waited["id"])
+    assert (done["status"], done["output"]["n"]) == ("COMPLETED", "b")
+
+
 # -- RunPod's client SDK -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -679,6 +745,46 @@ def test_queued_jobs_survive_a_restart(tmp_path: Path) -> None:
         ]
         assert health(second, "slow")["jobs"] == {"completed": 4, "failed": 0, "inProgress": 0, "inQueue": 0,
                                                   "retried": 0}
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert second is not None
+    assert_clean(second)
+
+
+def test_a_runsync_job_in_line_at_stop_runs_after_the_restart(tmp_path: Path) -> None:
+    project = PROJECTS / "runpod_restart"
+    state = ["--state-dir", str(tmp_path / "state")]
+    # a grace period shorter than the running job: both jobs are still waiting when it ends
+    first = RunningDaemon(project, tmp_path / "first", extra_args=state, env={"INFERD_SHUTDOWN_GRACE_PERIOD": "0.5"})
+    second = None
+    try:
+        first.wait_ready()
+        running, running_answer = runsync_in_thread(first, "slow", {"sleep": 3, "n": 0})
+        wait_health(first, "slow", inProgress=1, inQueue=0)
+        waiting, waiting_answer = runsync_in_thread(first, "slow", {"n": 1})
+        wait_health(first, "slow", inProgress=1, inQueue=1)
+        assert first.stop(signal.SIGTERM) == 0
+        running.join(30)
+        waiting.join(30)
+        assert_clean(first)
+        for answer in (running_answer[0], waiting_answer[0]):  # told why, not left with a reset connection
+            assert answer.status_code == 503, answer.text
+            assert "shutting down" in answer.json()["error"]
+        assert [e["path"] for e in first.log_events() if e.get("event") == "request_cut_by_shutdown"] == \
+            ["/v2/slow/runsync"] * 2
+
+        second = RunningDaemon(project, tmp_path / "second", extra_args=state)
+        second.wait_ready()
+        second_pid = worker_pid(second, "slow")
+        wait_health(second, "slow", completed=2, inQueue=0, inProgress=0)
+        with sqlite3.connect(tmp_path / "state" / "async.db") as db:
+            rows = db.execute("SELECT status, output, attempts FROM runpod_jobs ORDER BY seq").fetchall()
+        assert [(status, json.loads(output), attempts) for status, output, attempts in rows] == [
+            ("COMPLETED", {"n": 0, "pid": second_pid}, 2),  # stored running at the stop: its second attempt
+            ("COMPLETED", {"n": 1, "pid": second_pid}, 1),  # stored queued at the stop: its first
+        ]
     finally:
         first.stop()
         if second is not None:

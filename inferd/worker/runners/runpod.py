@@ -49,6 +49,7 @@ import structlog
 
 from inferd.worker import protocol
 from inferd.worker.handler_class import HandlerLoadError
+from inferd.worker.mailbox import Mailbox
 from inferd.worker.runners.base import Runner
 
 JOB_METHOD = "runpod.job"
@@ -222,19 +223,22 @@ class RunningJob:
 
 class JobThread:
     """One thread with its own event loop for sync handlers and sync generators: they run there
-    one at a time, as the SDK runs them on its loop, while the worker's loop answers frames."""
+    one at a time, as the SDK runs them on its loop, while the worker's loop answers frames.
+    Jobs go over and outcomes come back through mailboxes: a worker handed several short jobs
+    wakes each side once per batch, not once per job."""
 
-    def __init__(self) -> None:
+    def __init__(self, back: Mailbox) -> None:
         self.loop = asyncio.new_event_loop()
+        self.inbox = Mailbox(self.loop)
+        self.back = back  # to the worker's loop
         self.thread = threading.Thread(target=self.loop.run_forever, name="runpod-jobs", daemon=True)
         self.thread.start()
 
     async def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """``coroutine``'s outcome, run on the job thread's loop. Two hops, one each way (not
-        run_coroutine_threadsafe's concurrent future and the callbacks chaining it to ours);
-        stopping a running job is RunningJob.cancel's part, on the job thread's loop."""
-        caller = asyncio.get_running_loop()
-        outcome: asyncio.Future[T] = caller.create_future()
+        """``coroutine``'s outcome, run on the job thread's loop (not run_coroutine_threadsafe's
+        concurrent future and the callbacks chaining it to ours); stopping a running job is
+        RunningJob.cancel's part, on the job thread's loop."""
+        outcome: asyncio.Future[T] = self.back.loop.create_future()
 
         def settle(task: asyncio.Task[T]) -> None:
             if outcome.done():
@@ -248,9 +252,9 @@ class JobThread:
 
         def start() -> None:
             task = self.loop.create_task(coroutine)
-            task.add_done_callback(lambda done: caller.call_soon_threadsafe(settle, done))
+            task.add_done_callback(lambda done: self.back.post(settle, done))
 
-        self.loop.call_soon_threadsafe(start)
+        self.inbox.post(start)
         return await outcome
 
     def stop(self) -> None:
@@ -275,7 +279,8 @@ class RunPodRunner(Runner):
         self.loop_thread = threading.get_ident()
         self.calls: dict[int, RunningJob] = {}
         self.by_job_id: dict[str, RunningJob] = {}
-        self.job_thread = JobThread() if self.kind in SYNC_KINDS else None
+        self.to_loop = Mailbox(self.context.loop)  # from the job thread and the handler's threads
+        self.job_thread = JobThread(self.to_loop) if self.kind in SYNC_KINDS else None
         modifier = self.config.get("concurrency_modifier")
         self.concurrency = max(1, int(modifier(1))) if modifier else 1
         return {"handler_kind": self.kind, "concurrency": self.concurrency,
@@ -386,7 +391,7 @@ class RunPodRunner(Runner):
         if threading.get_ident() == self.loop_thread:
             self.send_chunk(running, body)
         else:
-            self.context.loop.call_soon_threadsafe(self.send_chunk, running, body)
+            self.to_loop.post(self.send_chunk, running, body)
 
     def send_chunk(self, running: RunningJob, body: bytes) -> None:
         if running.open:
@@ -406,7 +411,7 @@ class RunPodRunner(Runner):
             self.send_progress(job_id, body)  # now: an async handler may return right after
             return
         try:
-            self.context.loop.call_soon_threadsafe(self.send_progress, job_id, body)
+            self.to_loop.post(self.send_progress, job_id, body)
         except RuntimeError:
             pass  # the worker's loop is closed: the process is exiting
 
