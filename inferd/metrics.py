@@ -127,7 +127,10 @@ class RequestRecorder:
     async def record(self, serve: Awaitable[int]) -> None:
         """Run one request's ``serve`` (which returns the status answered, 0 when the client
         left first) counted in flight, then by status and latency."""
-        started = self.begin()
+        await self.end_after(self.begin(), serve)
+
+    async def end_after(self, started: float, serve: Awaitable[int]) -> None:
+        """``record`` for a request counted in flight since ``started`` (``begin``)."""
         status = 0
         try:
             status = await serve

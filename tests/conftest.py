@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -158,3 +159,30 @@ def metrics_once(daemon: RunningDaemon, needle: str, timeout: float = 10) -> str
             break
         time.sleep(0.1)
     return text
+
+
+def raw_answers(daemon: RunningDaemon, data: bytes, close: bool = False) -> tuple[list[tuple[bytes, dict[str, str], bytes]], bool]:
+    """``data`` written at once on one connection; the answers read back (status line, headers,
+    body) until the server closes or ``data``'s requests are all answered; and whether it closed."""
+    expected = data.count(b" HTTP/1.1\r\n")
+    host, port = daemon.url.removeprefix("http://").split(":")
+    answers: list[tuple[bytes, dict[str, str], bytes]] = []
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        buffer, closed = b"", False
+        while len(answers) < expected or (close and not closed):
+            chunk = sock.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            buffer += chunk
+            while b"\r\n\r\n" in buffer:
+                head, rest = buffer.split(b"\r\n\r\n", 1)
+                status, *lines = head.split(b"\r\n")
+                headers = {k.strip().lower(): v.strip() for k, v in (line.decode().split(":", 1) for line in lines)}
+                length = int(headers.get("content-length", "0"))
+                if len(rest) < length:
+                    break
+                answers.append((status, headers, rest[:length]))
+                buffer = rest[length:]
+    return answers, closed

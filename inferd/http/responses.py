@@ -13,6 +13,11 @@ RawHeaders = list[tuple[bytes, bytes]]
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the compact UTF-8 JSON every answer carries."""
+    return _dumps(data).encode()
+
+
 async def send_bytes(send: Send, status: int, headers: RawHeaders, body: bytes) -> None:
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -21,7 +26,7 @@ async def send_bytes(send: Send, status: int, headers: RawHeaders, body: bytes) 
 
 async def send_json(send: Send, status: int, data: Any, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
     headers = [(b"content-type", b"application/json"), *extra]
-    await send_bytes(send, status, headers, _dumps(data).encode())
+    await send_bytes(send, status, headers, json_bytes(data))
 
 
 async def send_error(send: Send, status: int, api: str | None, message: str,

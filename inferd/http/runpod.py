@@ -19,7 +19,8 @@ from starlette.datastructures import QueryParams
 from starlette.types import Receive, Scope, Send
 
 from inferd.http.body import BodyTooLarge, ClientGone, content_length, read_body, send_too_large
-from inferd.http.responses import send_error, send_json
+from inferd.http.protocol import DirectExchange, DirectHandler
+from inferd.http.responses import json_bytes, send_error, send_json
 from inferd.jobs.webhooks import WebhookSender
 from inferd.metrics import Metrics
 from inferd.store.runpod import CANCELLED, FINAL_STATUSES, IN_PROGRESS, IN_QUEUE, RunPodJob, RunPodJobStore
@@ -54,7 +55,7 @@ class QueueSettings:
     api_keys: tuple[str, ...] = ()
 
 
-def parse_job_request(body: bytes, settings: QueueSettings) -> JobRequest:
+def parse_job_request(body: bytes | bytearray, settings: QueueSettings) -> JobRequest:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -101,32 +102,46 @@ def key_accepted(keys: tuple[str, ...], presented: str | None) -> bool:
     return presented is not None and any(hmac.compare_digest(presented, key) for key in keys)
 
 
+JobCallback = Callable[[RunPodJob], None]
+
+
 class FinishedJobs:
-    """Waiters for jobs to reach a final status (``/runsync``), woken by the dispatcher."""
+    """Waiters for jobs to reach a final status (``/runsync``), woken by the dispatcher; also
+    woken with a job left unfinished by a stopping daemon, which they answer as still open."""
 
     def __init__(self) -> None:
-        self._waiters: dict[str, list[asyncio.Future[RunPodJob]]] = {}
+        self._waiters: dict[str, list[JobCallback]] = {}
 
     def finished(self, job: RunPodJob) -> None:
         for waiter in self._waiters.pop(job.id, []):
-            if not waiter.done():
-                waiter.set_result(job)
+            waiter(job)
+
+    def add(self, job_id: str, waiter: JobCallback) -> None:
+        self._waiters.setdefault(job_id, []).append(waiter)
+
+    def forget(self, job_id: str, waiter: JobCallback) -> None:
+        waiters = self._waiters.get(job_id, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
+            self._waiters.pop(job_id, None)
 
     async def wait(self, job_id: str, timeout: float) -> RunPodJob | None:
         """The job once final (as the dispatcher stored it: no read back), or None after ``timeout``."""
         waiter: asyncio.Future[RunPodJob] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(job_id, []).append(waiter)
+
+        def wake(job: RunPodJob) -> None:
+            if not waiter.done():
+                waiter.set_result(job)
+
+        self.add(job_id, wake)
         try:
             async with asyncio.timeout(timeout):
                 return await waiter
         except TimeoutError:
             return None
         finally:
-            waiters = self._waiters.get(job_id, [])
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not waiters:
-                self._waiters.pop(job_id, None)
+            self.forget(job_id, wake)
 
 
 Route = Callable[[str, Scope, Receive, Send], Any]
@@ -172,7 +187,12 @@ class NoDispatcher:
         return {}
 
 
+JSON_TYPE = (b"content-type", b"application/json")
+
+
 class RunPodEndpoint:
+    answers_directly = True  # /runsync on a free worker, from the HTTP protocol's callbacks (``direct``)
+
     def __init__(self, api: str, jobs: RunPodJobStore, settings: QueueSettings, metrics: Metrics) -> None:
         self.api = api
         self.jobs = jobs
@@ -192,9 +212,10 @@ class RunPodEndpoint:
         self.jobs, self.settings, self.dispatcher = jobs, settings, dispatcher
 
     def job_finished(self, job: RunPodJob) -> None:
-        """The dispatcher finished a job: wake its /runsync waiters and call its webhook."""
+        """The dispatcher finished a job (or, stopping, left it unfinished): wake its /runsync
+        waiters, and call its webhook once it is final."""
         self.waiting.finished(job)
-        if job.webhook is not None:
+        if job.webhook is not None and job.status in FINAL_STATUSES:
             payload = {**job.to_status_json(), "input": json.loads(job.input), "webhook": job.webhook}
             self.webhooks.deliver(self.api, job.id, job.webhook, payload)
 
@@ -269,21 +290,68 @@ class RunPodEndpoint:
         job = await self._submit(scope, receive, send, self.settings.max_runsync_body, sync=True)
         if isinstance(job, int):
             return job
-        # a job that outlives its ttl is deleted unfinished (RunPod's rule): waiting longer is pointless
-        wait_s = min(wait_ms, job.ttl_ms + 50) / 1000
-        current = await self.waiting.wait(job.id, wait_s)
+        try:
+            current = await self.waiting.wait(job.id, runsync_wait_s(wait_ms, job))
+        except asyncio.CancelledError:
+            # only a shutdown past its grace period cancels a request: the job is kept, and
+            # its client gets what a wait that ran out gets (as on the direct road), not a 503
+            current = None
         if current is None:
-            await self.dispatcher.write_row(job.id)  # the id it answers must find the job
-            current = await self.jobs.get(job.id)
+            return await self._answer_late(job, send)
+        await send_json(send, 200, runsync_answer(current))
+        return 200
+
+    async def _answer_late(self, job: RunPodJob, send: Send) -> int:
+        """/runsync's answer once its wait ran out: the job as the store now has it."""
+        await self.dispatcher.write_row(job.id)  # the id it answers must find the job
+        current = await self.jobs.get(job.id)
         if current is None:
             await send_error(send, 404, self.api, f"job {job.id} passed its ttl of {job.ttl_ms} ms before it "
                                                   "finished, and was deleted")
             return 404
-        if current.status not in FINAL_STATUSES:
-            await send_json(send, 200, {"id": job.id, "status": current.status})
-            return 200
-        await send_json(send, 200, current.to_status_json())
+        await send_json(send, 200, runsync_answer(current))
         return 200
+
+    # -- /runsync on the direct road -------------------------------------------------------------
+
+    def direct(self, scope: Scope) -> DirectHandler | None:
+        """The handler for a /runsync that needs no task of its own (see ``_runsync_direct``);
+        None for anything else, and where API keys are to be checked."""
+        if scope["method"] != "POST" or self.settings.api_keys:
+            return None
+        return self._runsync_direct if scope.get("path_params", {}).get("path", "").strip("/") == "runsync" else None
+
+    def _runsync_direct(self, exchange: DirectExchange) -> bool:
+        """A /runsync that arrived whole, given to a worker (or its line) from the protocol's
+        callback and answered from the dispatcher's: no ASGI task, no receive/send messages.
+        Anything else (a bad request, a job that must be queued in the store) declines, and the
+        ASGI path answers it as ever."""
+        scope, body = exchange.scope, exchange.body
+        if len(body) > self.settings.max_runsync_body:
+            return False
+        try:
+            wait_ms = sync_wait_ms(QueryParams(scope["query_string"])) if scope["query_string"] else SYNC_WAIT_MS
+            request = parse_job_request(body, self.settings)
+        except JobRequestError:
+            return False
+        job = self.dispatcher.run_unqueued(request.input, request.webhook, request.execution_timeout_ms, request.ttl_ms)
+        if job is None:
+            return False
+        started = self.recorder.begin()
+
+        def finished(current: RunPodJob) -> None:
+            timer.cancel()
+            answer = json_bytes(runsync_answer(current))
+            exchange.answer(200, [JSON_TYPE, (b"content-length", b"%d" % len(answer))], answer)
+            self.recorder.end(started, 200)
+
+        def out_of_time() -> None:
+            self.waiting.forget(job.id, finished)
+            exchange.continue_async(lambda receive, send: self.recorder.end_after(started, self._answer_late(job, send)))
+
+        timer = asyncio.get_running_loop().call_later(runsync_wait_s(wait_ms, job), out_of_time)
+        self.waiting.add(job.id, finished)
+        return True
 
     # -- one job ---------------------------------------------------------------------------------
 
@@ -349,6 +417,17 @@ class RunPodEndpoint:
         removed = await self.jobs.purge(self.api)
         await send_json(send, 200, {"removed": removed, "status": "completed"})
         return 200
+
+
+def runsync_wait_s(wait_ms: int, job: RunPodJob) -> float:
+    """How long /runsync waits for ``job``: a job that outlives its ttl is deleted unfinished
+    (RunPod's rule), so waiting longer is pointless."""
+    return min(wait_ms, job.ttl_ms + 50) / 1000
+
+
+def runsync_answer(job: RunPodJob) -> dict[str, Any]:
+    """/runsync's answer: the whole job once final, else its id and status to poll /status with."""
+    return job.to_status_json() if job.status in FINAL_STATUSES else {"id": job.id, "status": job.status}
 
 
 def sync_wait_ms(query: QueryParams) -> int:

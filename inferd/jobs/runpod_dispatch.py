@@ -261,8 +261,13 @@ class RunPodDispatcher:
         self._wakeup.set()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
-        # still running: stored IN_PROGRESS, so the next start queues them again as claimed ones
-        await asyncio.gather(*(self.write_row(job_id) for job_id in list(self._unqueued)), return_exceptions=True)
+        # unqueued jobs not done: stored as they stand, so the next start runs them; their clients
+        # are answered with the id and status to poll, as when a /runsync wait runs out
+        left = list(self._unqueued.values())
+        written = await asyncio.gather(*(self.write_row(u.job.id) for u in left), return_exceptions=True)
+        for unqueued, failed in zip(left, written, strict=True):
+            if failed is None and unqueued.job.status in (IN_QUEUE, IN_PROGRESS):
+                self.on_finished(unqueued.job)
         for task in self._consumers:
             task.cancel()
         await asyncio.gather(*self._consumers, return_exceptions=True)
@@ -477,7 +482,7 @@ class RunPodDispatcher:
         status, output, error = result_fields(result)
         unqueued = self._unqueued.get(running.job.id)
         if unqueued is not None and unqueued.row is None:  # one write, the whole final row
-            final = self.jobs.finished(unqueued.job, status, output, error)
+            unqueued.job = final = self.jobs.finished(unqueued.job, status, output, error)
             unqueued.row = self.jobs.insert(final)
             await asyncio.shield(unqueued.row)  # a write_row waiting on the same write is not cancelled with us
             finished: RunPodJob | None = final

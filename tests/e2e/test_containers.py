@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import INTERNAL_FAULTS, PROJECTS, RunningDaemon, pid_alive
+from tests.conftest import INTERNAL_FAULTS, PROJECTS, RunningDaemon, pid_alive, raw_answers
 from tests.e2e.test_hostile_requests import BODIES, HEADER_NAMES, HEADER_VALUES, METHODS, exchange
 
 
@@ -142,33 +142,6 @@ def test_streamed_response_and_request(daemon: Daemon) -> None:
     assert echoed.status_code == 200 and echoed.text == "".join(f"piece {i};" for i in range(50))
     big = os.urandom(3 << 20)
     assert call(daemon, "PUT", "/web/echo", content=big).content == big
-
-
-def raw_answers(daemon: Daemon, data: bytes, close: bool = False) -> tuple[list[tuple[bytes, dict[str, str], bytes]], bool]:
-    """``data`` written at once on one connection; the answers read back (status line, headers,
-    body) until the server closes or ``data``'s requests are all answered; and whether it closed."""
-    expected = data.count(b" HTTP/1.1\r\n")
-    host, port = daemon.url.removeprefix("http://").split(":")
-    answers: list[tuple[bytes, dict[str, str], bytes]] = []
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(data)
-        buffer, closed = b"", False
-        while len(answers) < expected or (close and not closed):
-            chunk = sock.recv(65536)
-            if not chunk:
-                closed = True
-                break
-            buffer += chunk
-            while b"\r\n\r\n" in buffer:
-                head, rest = buffer.split(b"\r\n\r\n", 1)
-                status, *lines = head.split(b"\r\n")
-                headers = {k.strip().lower(): v.strip() for k, v in (line.decode().split(":", 1) for line in lines)}
-                length = int(headers.get("content-length", "0"))
-                if len(rest) < length:
-                    break
-                answers.append((status, headers, rest[:length]))
-                buffer = rest[length:]
-    return answers, closed
 
 
 def test_pipelined_requests_are_answered_in_order_and_close_is_kept(daemon: Daemon) -> None:

@@ -53,6 +53,22 @@ def test_sigterm_finishes_in_flight_and_leaves_no_child(start_daemon) -> None:
     assert "inferd_stopping" in events and "inferd_stopped" in events
 
 
+def test_a_request_past_the_grace_period_is_answered_503(start_daemon) -> None:
+    daemon = start_daemon(PROJECTS / "realtime", env={"INFERD_SHUTDOWN_GRACE_PERIOD": "1"})
+    daemon.wait_ready()
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(daemon.client.post, "/narrow", json={"seconds": 5.0})
+        time.sleep(0.3)
+        daemon.proc.send_signal(signal.SIGTERM)
+        answer = slow.result()
+    assert answer.status_code == 503, answer.text
+    assert answer.json() == {"error": "inferd is shutting down and this request did not finish within its "
+                                      "shutdown_grace_period"}
+    assert daemon.proc.wait(30) == 0
+    assert [e["path"] for e in daemon.log_events() if e.get("event") == "request_cut_by_shutdown"] == ["/narrow"]
+    assert "Exception in ASGI application" not in daemon.logs()
+
+
 def test_second_signal_forces_exit(start_daemon) -> None:
     daemon = start_daemon(PROJECTS / "realtime")
     daemon.wait_ready()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import INTERNAL_FAULTS, PROJECTS, RunningDaemon, pid_alive
+from tests.conftest import INTERNAL_FAULTS, PROJECTS, RunningDaemon, pid_alive, raw_answers
 
 CLIENT = Path(__file__).with_name("runpod_client.py")
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
@@ -170,6 +170,32 @@ def test_runsync_returns_the_finished_job(daemon: RunningDaemon) -> None:
     assert done == {"id": done["id"], "status": "COMPLETED", "delayTime": done["delayTime"],
                     "executionTime": done["executionTime"], "output": [1, "two", None], "workerId": worker_id(pid)}
     assert status(daemon, "sync", done["id"]) == done
+
+
+def test_runsync_that_arrives_whole_is_answered_from_the_protocol_in_order(daemon: RunningDaemon) -> None:
+    host = daemon.url.removeprefix("http://")
+
+    def request(body: bytes, query: str = "", close: bool = False) -> bytes:
+        extra = "Connection: close\r\n" if close else ""
+        return (f"POST /v2/sync/runsync{query} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+    # the first arrives whole in one read (the direct road); the pipelined ones take the ASGI path
+    answers, closed = raw_answers(daemon, request(b'{"input": {"return": 0}}') + request(b'{"inputs": {}}')
+                                  + request(b'{"input": {}}', "?wait=5")
+                                  + request(b'{"input": {"return": 3}}', close=True), close=True)
+    assert [status for status, _, _ in answers] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request",
+                                                    b"HTTP/1.1 400 Bad Request", b"HTTP/1.1 200 OK"]
+    bodies = [json.loads(body) for _, _, body in answers]
+    assert bodies[1] == {"error": '"input" is required: send {"input": {...}}', "api": "sync"}
+    assert bodies[2] == {"error": "wait must be milliseconds in 1000-300000, got '5'", "api": "sync"}
+    assert [(b["status"], b["output"]) for b in (bodies[0], bodies[3])] == [("COMPLETED", 0), ("COMPLETED", 3)]
+    for (_, headers, body), job in zip(answers, bodies, strict=True):
+        assert headers["content-type"] == "application/json" and headers["content-length"] == str(len(body))
+        assert "date" in headers
+        if "id" in job:
+            assert status(daemon, "sync", job["id"]) == job  # answered as stored
+    assert closed
 
 
 def test_runsync_wait_runs_out_on_a_slow_job(daemon: RunningDaemon) -> None:
@@ -769,22 +795,21 @@ def test_a_runsync_job_in_line_at_stop_runs_after_the_restart(tmp_path: Path) ->
         running.join(30)
         waiting.join(30)
         assert_clean(first)
-        for answer in (running_answer[0], waiting_answer[0]):  # told why, not left with a reset connection
-            assert answer.status_code == 503, answer.text
-            assert "shutting down" in answer.json()["error"]
-        assert [e["path"] for e in first.log_events() if e.get("event") == "request_cut_by_shutdown"] == \
-            ["/v2/slow/runsync"] * 2
+        # answered as when a wait runs out: the id, to poll once the daemon is back
+        answers = [answer[0].json() for answer in (running_answer, waiting_answer)]
+        assert answers == [{"id": answers[0]["id"], "status": "IN_PROGRESS"},
+                           {"id": answers[1]["id"], "status": "IN_QUEUE"}]
 
         second = RunningDaemon(project, tmp_path / "second", extra_args=state)
         second.wait_ready()
         second_pid = worker_pid(second, "slow")
-        wait_health(second, "slow", completed=2, inQueue=0, inProgress=0)
+        done = [wait_status(second, "slow", answer["id"]) for answer in answers]
+        assert [(d["status"], d["output"]) for d in done] == [("COMPLETED", {"n": 0, "pid": second_pid}),
+                                                              ("COMPLETED", {"n": 1, "pid": second_pid})]
         with sqlite3.connect(tmp_path / "state" / "async.db") as db:
-            rows = db.execute("SELECT status, output, attempts FROM runpod_jobs ORDER BY seq").fetchall()
-        assert [(status, json.loads(output), attempts) for status, output, attempts in rows] == [
-            ("COMPLETED", {"n": 0, "pid": second_pid}, 2),  # stored running at the stop: its second attempt
-            ("COMPLETED", {"n": 1, "pid": second_pid}, 1),  # stored queued at the stop: its first
-        ]
+            attempts = dict(db.execute("SELECT id, attempts FROM runpod_jobs").fetchall())
+        # stored running at the stop: its second attempt; stored queued: its first
+        assert attempts == {answers[0]["id"]: 2, answers[1]["id"]: 1}
     finally:
         first.stop()
         if second is not None:
