@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from inferd.gpu import GpuRequest, assign_gpus, hinted_gpus, read_inventory, visible_devices_env
+from inferd.jobs.runpod_dispatch import reply_message
 from inferd.kinds import get_kind, unsupported_reason
 from inferd.kinds.base import ApiRuntime, KindContext
 from inferd.logs import configure_logging
@@ -260,7 +261,7 @@ async def run_test(worker: WorkerProcess, test: HubTest) -> Outcome:
     try:
         async with asyncio.timeout(test.timeout_ms / 1000):
             async for body in stream.messages():
-                collect(outcome, json.loads(body))
+                collect(outcome, reply_message(body))
     except TimeoutError:
         outcome.problem = f"timed out after {test.timeout_ms} ms"
         # a sync handler cannot be interrupted: its worker goes, the next test gets a new one

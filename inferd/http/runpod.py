@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from inferd.http.body import BodyTooLarge, ClientGone, content_length, read_body, send_too_large
 from inferd.http.protocol import DirectExchange, DirectHandler
-from inferd.http.responses import json_bytes, send_error, send_json
+from inferd.http.responses import json_bytes, send_bytes, send_error, send_json
 from inferd.jobs.webhooks import WebhookSender
 from inferd.metrics import Metrics
 from inferd.store.runpod import CANCELLED, FINAL_STATUSES, IN_PROGRESS, IN_QUEUE, RunPodJob, RunPodJobStore
@@ -298,7 +298,7 @@ class RunPodEndpoint:
             current = None
         if current is None:
             return await self._answer_late(job, send)
-        await send_json(send, 200, runsync_answer(current))
+        await send_bytes(send, 200, [JSON_TYPE], runsync_answer(current))
         return 200
 
     async def _answer_late(self, job: RunPodJob, send: Send) -> int:
@@ -309,7 +309,7 @@ class RunPodEndpoint:
             await send_error(send, 404, self.api, f"job {job.id} passed its ttl of {job.ttl_ms} ms before it "
                                                   "finished, and was deleted")
             return 404
-        await send_json(send, 200, runsync_answer(current))
+        await send_bytes(send, 200, [JSON_TYPE], runsync_answer(current))
         return 200
 
     # -- /runsync on the direct road -------------------------------------------------------------
@@ -341,7 +341,7 @@ class RunPodEndpoint:
 
         def finished(current: RunPodJob) -> None:
             timer.cancel()
-            answer = json_bytes(runsync_answer(current))
+            answer = runsync_answer(current)
             exchange.answer(200, [JSON_TYPE, (b"content-length", b"%d" % len(answer))], answer)
             self.recorder.end(started, 200)
 
@@ -366,7 +366,7 @@ class RunPodEndpoint:
         job = await self._known(job_id, send)
         if job is None:
             return 404
-        await send_json(send, 200, job.to_status_json())
+        await send_bytes(send, 200, [JSON_TYPE], job.status_body())
         return 200
 
     async def _stream(self, job_id: str, scope: Scope, receive: Receive, send: Send) -> int:
@@ -425,9 +425,9 @@ def runsync_wait_s(wait_ms: int, job: RunPodJob) -> float:
     return min(wait_ms, job.ttl_ms + 50) / 1000
 
 
-def runsync_answer(job: RunPodJob) -> dict[str, Any]:
+def runsync_answer(job: RunPodJob) -> bytes:
     """/runsync's answer: the whole job once final, else its id and status to poll /status with."""
-    return job.to_status_json() if job.status in FINAL_STATUSES else {"id": job.id, "status": job.status}
+    return job.status_body() if job.status in FINAL_STATUSES else json_bytes({"id": job.id, "status": job.status})
 
 
 def sync_wait_ms(query: QueryParams) -> int:

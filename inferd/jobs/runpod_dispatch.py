@@ -143,9 +143,26 @@ def job_message(job: RunPodJob) -> bytes:
     return b'{"id": "' + job.id.encode() + b'"' + webhook + b', "input": ' + job.input + b"}"
 
 
-def result_fields(result: dict[str, Any]) -> tuple[str, bytes | None, str | None]:
-    """(status, output JSON, error) of the result dict the SDK would post to job-done."""
-    output = json.dumps(result["output"]).encode() if "output" in result else None
+def split_reply(body: bytes) -> tuple[dict[str, Any], bytes | None]:
+    """A worker's message, and a result's output JSON where it follows the message after a
+    newline (the direct runner); None where there is no output or it is inside (the SDK runner)."""
+    head, newline, output = body.partition(b"\n")
+    return json.loads(head), (output if newline else None)
+
+
+def reply_message(body: bytes) -> dict[str, Any]:
+    """A worker's message as one dict, a result's output parsed into it (``inferd test``)."""
+    message, output = split_reply(body)
+    if output is not None:
+        message["result"]["output"] = json.loads(output)
+    return message
+
+
+def result_fields(result: dict[str, Any], output: bytes | None = None) -> tuple[str, bytes | None, str | None]:
+    """(status, output JSON, error) of the result dict the SDK would post to job-done, its
+    output given as JSON already or inside it."""
+    if output is None and "output" in result:
+        output = json.dumps(result["output"]).encode()
     error = result.get("error")
     if error:
         return FAILED, output, error if isinstance(error, str) else json.dumps(error)
@@ -446,7 +463,7 @@ class RunPodDispatcher:
             reason = (stream.end.details if stream.end else "") or "the worker ended the job"
             await self._interrupted(job, reason, running.began)
             return
-        await self._finish(running, result)
+        await self._finish(running, *result)
 
     @staticmethod
     def _next_in_order(running: RunningJob, in_order: deque[RunningJob], ended: bool) -> None:
@@ -457,11 +474,12 @@ class RunPodDispatcher:
         if head and ended and in_order:
             in_order[0].begin()
 
-    async def _follow(self, running: RunningJob) -> dict[str, Any] | None:
-        """Stream items and progress into the store until the worker's result (None: none came)."""
+    async def _follow(self, running: RunningJob) -> tuple[dict[str, Any], bytes | None] | None:
+        """Stream items and progress into the store until the worker's result and its output
+        JSON, when apart (None: no result came)."""
         job_id = running.job.id
         async for body in running.stream.messages():
-            message = json.loads(body)
+            message, output = split_reply(body)
             if "result" not in message:
                 await self.write_row(job_id)
             if "stream" in message:
@@ -475,11 +493,11 @@ class RunPodDispatcher:
                     self._pace = 0.8 * self._pace + 0.2 * float(message["seconds"])
                 # the worker is free for the next job now: starting it overlaps storing this result
                 running.release()
-                return dict(message["result"])
+                return dict(message["result"]), output
         return None
 
-    async def _finish(self, running: RunningJob, result: dict[str, Any]) -> None:
-        status, output, error = result_fields(result)
+    async def _finish(self, running: RunningJob, result: dict[str, Any], output_json: bytes | None) -> None:
+        status, output, error = result_fields(result, output_json)
         unqueued = self._unqueued.get(running.job.id)
         if unqueued is not None and unqueued.row is None:  # one write, the whole final row
             unqueued.job = final = self.jobs.finished(unqueued.job, status, output, error)

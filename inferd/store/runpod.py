@@ -90,19 +90,32 @@ class RunPodJob:
 
     def to_status_json(self) -> dict[str, Any]:
         """RunPod's job object (spec §4.3), as /status answers it."""
+        body = self._status_fields()
+        if self.output is not None:
+            body["output"] = json.loads(self.output)
+        return body
+
+    def status_body(self) -> bytes:
+        """``to_status_json`` as JSON, the stored output spliced in as it is (an image's base64
+        is not parsed and encoded again per answer)."""
+        fields = _compact(self._status_fields()).encode()
+        return fields if self.output is None else fields[:-1] + b',"output":' + self.output + b"}"
+
+    def _status_fields(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id,
             "status": self.status,
             "delayTime": self.delay_ms,
             "executionTime": self.execution_ms,
         }
-        if self.output is not None:
-            body["output"] = json.loads(self.output)
         if self.error is not None:
             body["error"] = self.error
         if self.worker_id is not None:
             body["workerId"] = self.worker_id
         return body
+
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _ms(delta: timedelta) -> int:

@@ -172,6 +172,15 @@ def test_runsync_returns_the_finished_job(daemon: RunningDaemon) -> None:
     assert status(daemon, "sync", done["id"]) == done
 
 
+def test_a_large_and_unicode_output_is_answered_as_the_handler_returned_it(daemon: RunningDaemon) -> None:
+    returned = {"image": "iVBORw0KGgo" * 200_000, "caption": "café ☕ \u2028 \"quoted\"\n", "scores": [0.5, 1e-9, -3]}
+    done = runsync(daemon, "sync", {"return": returned})
+    assert done["status"] == "COMPLETED" and done["output"] == returned
+    assert status(daemon, "sync", done["id"])["output"] == returned
+    queued = run(daemon, "sync", {"return": returned})
+    assert wait_status(daemon, "sync", queued)["output"] == returned
+
+
 def test_runsync_that_arrives_whole_is_answered_from_the_protocol_in_order(daemon: RunningDaemon) -> None:
     host = daemon.url.removeprefix("http://")
 

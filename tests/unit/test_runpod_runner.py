@@ -20,6 +20,7 @@ import runpod.serverless
 from runpod.serverless.modules import rp_progress
 from runpod.serverless.modules.rp_logger import RunPodLogger
 
+from inferd.jobs.runpod_dispatch import reply_message
 from inferd.worker import protocol
 from inferd.worker.handler_class import HandlerLoadError
 from inferd.worker.process import WorkerProcess
@@ -81,7 +82,7 @@ class InProcess:
             for message in self.sent:
                 if isinstance(message, protocol.End) and message.id == call_id:
                     assert message.has_reply and message.code == protocol.OK
-                    return without_seconds(json.loads(message.body))
+                    return without_seconds(reply_message(message.body))
             await asyncio.sleep(0.005)
         raise AssertionError(f"no End for call {call_id}")
 
@@ -244,7 +245,7 @@ def test_progress_for_a_job_that_is_not_running_goes_nowhere() -> None:
         await asyncio.sleep(0.01)
         return worker.sent
     sent = asyncio.run(scenario())
-    assert [(type(m).__name__, without_seconds(json.loads(m.body))) for m in sent if isinstance(m, protocol.Chunk | protocol.End)] == [
+    assert [(type(m).__name__, without_seconds(reply_message(m.body))) for m in sent if isinstance(m, protocol.Chunk | protocol.End)] == [
         ("Chunk", {"progress": "half"}), ("End", {"result": {"output": {"id": "job-1", "running_with": 1,
                                                                          "thread": "MainThread"}}})]
 
@@ -352,7 +353,7 @@ def start_worker(file: str, tmp_path: Path, project: Path = PROJECT) -> WorkerPr
 
 async def collect(worker: WorkerProcess, call_id: int, job: dict[str, Any]) -> list[Any]:
     stream = worker.open_stream(protocol.Open(call_id, job["id"], "runpod.job", body=json.dumps(job).encode()))
-    return [without_seconds(json.loads(body)) async for body in stream.messages()]
+    return [without_seconds(reply_message(body)) async for body in stream.messages()]
 
 
 def test_a_worker_process_serves_a_sync_handler_with_progress_and_cancels_an_async_one(tmp_path: Path) -> None:

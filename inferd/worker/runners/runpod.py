@@ -17,8 +17,10 @@ Jobs, one streamed call each (the daemon side is written against exactly this):
 - worker -> daemon ``Chunk`` ``{"stream": item}`` per generator item as it is produced, and
   ``{"progress": value}`` per ``progress_update(job, value)`` (from any thread; none after End).
 - worker -> daemon ``End(has_reply=True)`` ``{"result": <the dict the SDK would POST to
-  job-done>, "seconds": <time in the handler>, "concurrency": <concurrency_modifier(current)>}`` (``concurrency`` only when the
-  config has a modifier and it answered), or ``{"cancelled": true}`` once a cancelled job has
+  job-done, but its output>, "seconds": <time in the handler>, "concurrency":
+  <concurrency_modifier(current)>}`` (``concurrency`` only when the config has a modifier and
+  it answered), then, when there is an output, a newline and the output's JSON
+  (``inferd.jobs.runpod_dispatch.split_reply``); or ``{"cancelled": true}`` once a cancelled job has
   stopped. Every ``Open`` gets exactly one ``End``; ``Credit`` is ignored (no window).
 
 Async handlers run as tasks on the worker's loop, as many as the daemon sends. Sync handlers and
@@ -176,15 +178,18 @@ def not_json_result(exc: BaseException, what: str) -> dict[str, Any]:
     return {"error": error_json(exc, f"{what} is not JSON-serialisable: {type(exc).__name__}: {exc}")}
 
 
-def encode_result(result: dict[str, Any]) -> str:
-    """The result as JSON; one that cannot be is a failed job naming why (the SDK would lose it)."""
+def encode_result(result: dict[str, Any]) -> tuple[str, str | None]:
+    """The result as JSON without its output, and the output's own JSON (None: no output): the
+    daemon stores and answers that as it is, never parsing and encoding it again. A result that
+    cannot be encoded is a failed job naming why (the SDK would lose it)."""
     try:
-        return json.dumps(result)
+        output = json.dumps(result["output"]) if "output" in result else None
+        return json.dumps({key: value for key, value in result.items() if key != "output"}), output
     except (TypeError, ValueError, RecursionError) as exc:
         failed = not_json_result(exc, "the handler's output")
         if result.get("stopPod"):
             failed["stopPod"] = True
-        return json.dumps(failed)
+        return json.dumps(failed), None
 
 
 def with_debugger_output(config: dict[str, Any], result: dict[str, Any]) -> None:
@@ -311,7 +316,10 @@ class RunPodRunner(Runner):
                 result = await self.job_thread.run(self.execute(running, job))
             else:
                 result = await self.execute(running, job)
-            reply = f'{{"result": {result}, "seconds": {running.seconds:.6f}{self.concurrency_field()}}}'
+            rest, output = result
+            reply = f'{{"result": {rest}, "seconds": {running.seconds:.6f}{self.concurrency_field()}}}'
+            if output is not None:  # after the first newline (JSON text has none of its own)
+                reply = f"{reply}\n{output}"
         except asyncio.CancelledError:
             if not running.cancel_requested:
                 raise  # the worker is going away, not this job
@@ -329,8 +337,8 @@ class RunPodRunner(Runner):
         running.open = False
         self.context.send(protocol.End(running.call_id, has_reply=True, body=reply.encode()))
 
-    async def execute(self, running: RunningJob, job: dict[str, Any]) -> str:
-        """The job's result as JSON text (encoded where it ran: big outputs stay off the
+    async def execute(self, running: RunningJob, job: dict[str, Any]) -> tuple[str, str | None]:
+        """The job's result as ``encode_result``'s JSON texts (encoded where it ran: big outputs stay off the
         worker's loop when the handler is sync). Runs on the worker's loop or the job thread's."""
         running.task, running.loop = asyncio.current_task(), asyncio.get_running_loop()
         if running.cancel_requested:  # cancelled while it waited for the job thread
