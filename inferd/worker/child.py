@@ -74,9 +74,7 @@ class WorkerChild:
             return EXIT_INIT_FAILED
         self.send(protocol.Ready(os.getpid(), info))
         self.log.info("worker_ready", **info)
-        code = await self.done
-        self.channel.flush()  # the last answers, before the process exits
-        return code
+        return await self.done
 
     def load(self, init: protocol.Init) -> dict[str, Any]:
         configure_logging(init.log_level, json_output=True, api=init.api, worker=os.getpid())

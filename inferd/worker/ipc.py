@@ -89,8 +89,6 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._filled = 0
         self._spare = bytearray()                 # large-body buffer kept between frames
         self.transport: asyncio.Transport | None = None
-        self._out: list[bytes] = []   # frames sent in this pass of the loop, not yet written
-        self._flushing = False
         self._closed = False
         self._loop = asyncio.get_running_loop()
 
@@ -234,35 +232,22 @@ class FrameProtocol(asyncio.BufferedProtocol):
             return
         self._closed = True
         self._meta, self._body, self._spare = None, None, bytearray()
-        self._out = []
         self._on_close(exc)
 
     # -- sending -----------------------------------------------------------------------------
 
     def send(self, meta: dict[str, Any], body: bytes | list[bytes] = b"") -> bool:
-        """One frame, written with every other frame sent in this pass of the loop (``flush``):
-        one system call for the jobs or answers of a batch instead of one each. A body given as
-        pieces (a request body as the server read it) is sent as those pieces, never joined."""
+        """One frame; a body given as pieces (a request body as the server read it) is sent
+        as those pieces, never joined into a copy first."""
         if self.transport is None or self.transport.is_closing():
             return False
         if isinstance(body, list):
-            self._out.append(encode_head(meta, sum(map(len, body))))
-            self._out.extend(body)
+            self.transport.writelines((encode_head(meta, sum(map(len, body))), *body))
+        elif body:
+            self.transport.writelines((encode_head(meta, len(body)), body))
         else:
-            self._out.append(encode_head(meta, len(body)))
-            if body:
-                self._out.append(body)
-        if not self._flushing:
-            self._flushing = True
-            self._loop.call_soon(self.flush)
+            self.transport.write(encode_head(meta, 0))
         return True
-
-    def flush(self) -> None:
-        """Hand the frames sent so far to the transport now."""
-        self._flushing = False
-        out, self._out = self._out, []
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(out)
 
     def send_threadsafe(self, meta: dict[str, Any], body: bytes | list[bytes] = b"") -> None:
         self._loop.call_soon_threadsafe(self.send, meta, body)
