@@ -162,7 +162,7 @@ def result_fields(result: dict[str, Any], output: bytes | None = None) -> tuple[
     """(status, output JSON, error) of the result dict the SDK would post to job-done, its
     output given as JSON already or inside it."""
     if output is None and "output" in result:
-        output = json.dumps(result["output"]).encode()
+        output = json.dumps(result["output"], separators=(",", ":")).encode()
     error = result.get("error")
     if error:
         return FAILED, output, error if isinstance(error, str) else json.dumps(error)
@@ -257,7 +257,7 @@ class RunPodDispatcher:
     def _fill(self, feed: Feed) -> None:
         """A seat of ``feed`` freed (or it is new): the line's jobs, oldest first, take its free
         seats, unless jobs queued in the store came before them."""
-        while self._line and (self._queue_empty or self._line[0].place < self._before_store) and not self.stopping \
+        while self._line and (self._queue_empty or self._line[0].place < self._before_store) \
                 and feed.worker.state == "ready" and feed.seats.taken < self._capacity(feed.worker):
             unqueued = self._line[0]
             self._leave_line(unqueued)
@@ -272,12 +272,12 @@ class RunPodDispatcher:
         self._start(feed, unqueued.job)
 
     async def stop(self, timeout: float) -> None:
-        """Stop taking jobs; running ones get ``timeout`` to finish, the rest stay IN_PROGRESS
+        """Stop claiming jobs; running ones and the line's (accepted /runsync jobs, which the
+        workers still take as seats free) get ``timeout`` to finish; the rest stay IN_PROGRESS
         and go back to the queue at the next start (``recover``)."""
         self.stopping = True
         self._wakeup.set()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        await self._drain(timeout)
         # unqueued jobs not done: stored as they stand, so the next start runs them; their clients
         # are answered with the id and status to poll, as when a /runsync wait runs out
         left = list(self._unqueued.values())
@@ -288,6 +288,16 @@ class RunPodDispatcher:
         for task in self._consumers:
             task.cancel()
         await asyncio.gather(*self._consumers, return_exceptions=True)
+
+    async def _drain(self, timeout: float) -> None:
+        """Until every job handed over and in the line is done, or ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self._tasks or self._line) and (left := deadline - loop.time()) > 0:
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            else:  # a line and no worker to take it (all restarting): one may be back in time
+                await asyncio.sleep(min(left, IDLE_POLL / 10))
 
     async def _sweep_forever(self) -> None:
         while True:

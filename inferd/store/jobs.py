@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import queries
 from .engine import Readers, driver_connection, prepare_file, writer_engine
+from .ids import random_ids
 from .queries import UnknownJob
 from .schema import (
     COMPLETED,
@@ -174,7 +174,7 @@ class AsyncJobStore:
         """Store a new in_queue job; the id is returned only after its transaction committed."""
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-        job_id = uuid.uuid4().hex  # unguessable; order comes from the seq column
+        job_id = random_ids.uuid4().hex  # unguessable; order comes from the seq column
         headers_json = json.dumps(dict(headers), separators=(",", ":"))
         params = (job_id, api, content_type, headers_json, bytes(payload), self._now())
         await self._writer.execute(RawInsert(queries.RAW_INSERT, params))

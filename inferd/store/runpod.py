@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from .ids import random_ids
 from .jobs import AsyncJobStore, utc_now
 from .queries import GIVE_UP, SWEEP_BATCH, UnknownJob, delete_in_rounds
 from .queries import changed_rows as _changed
@@ -90,29 +90,31 @@ class RunPodJob:
 
     def to_status_json(self) -> dict[str, Any]:
         """RunPod's job object (spec §4.3), as /status answers it."""
-        body = self._status_fields()
+        body = self._times()
         if self.output is not None:
             body["output"] = json.loads(self.output)
+        body.update(self._ends())
         return body
 
     def status_body(self) -> bytes:
-        """``to_status_json`` as JSON, the stored output spliced in as it is (an image's base64
-        is not parsed and encoded again per answer)."""
-        fields = _compact(self._status_fields()).encode()
-        return fields if self.output is None else fields[:-1] + b',"output":' + self.output + b"}"
+        """``to_status_json`` as compact JSON, in its order, the stored output spliced in as it
+        is (an image's base64 is not parsed and encoded again per answer)."""
+        if self.output is None:
+            return _compact({**self._times(), **self._ends()}).encode()
+        ends = self._ends()
+        tail = b"," + _compact(ends).encode()[1:] if ends else b"}"
+        return _compact(self._times()).encode()[:-1] + b',"output":' + self.output + tail
 
-    def _status_fields(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "status": self.status,
-            "delayTime": self.delay_ms,
-            "executionTime": self.execution_ms,
-        }
+    def _times(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, "delayTime": self.delay_ms, "executionTime": self.execution_ms}
+
+    def _ends(self) -> dict[str, Any]:
+        ends: dict[str, Any] = {}
         if self.error is not None:
-            body["error"] = self.error
+            ends["error"] = self.error
         if self.worker_id is not None:
-            body["workerId"] = self.worker_id
-        return body
+            ends["workerId"] = self.worker_id
+        return ends
 
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -291,7 +293,7 @@ class RunPodJobStore:
         """A new IN_QUEUE job; ids look like RunPod's: ``sync-<uuid4>`` (/runsync), ``<uuid4>-u1`` (/run)."""
         if not isinstance(job_input, (bytes, bytearray, memoryview)):
             raise TypeError(f"job_input must be bytes, got {type(job_input).__name__}")
-        job_id = f"sync-{uuid.uuid4()}" if sync else f"{uuid.uuid4()}-u1"
+        job_id = f"sync-{random_ids.uuid4()}" if sync else f"{random_ids.uuid4()}-u1"
         now = self._now()
         row = (job_id, api, bytes(job_input), webhook, execution_timeout_ms, ttl_ms, int(sync), now)
         await self._jobs.write(RawInsert(INSERT, row))
@@ -306,7 +308,7 @@ class RunPodJobStore:
                  ttl_ms: int) -> RunPodJob:
         """A /runsync job as ``submit`` would have queued it, not written."""
         now = self._clock()
-        return RunPodJob(f"sync-{uuid.uuid4()}", api, IN_QUEUE, bytes(job_input), webhook, execution_timeout_ms, ttl_ms,
+        return RunPodJob(f"sync-{random_ids.uuid4()}", api, IN_QUEUE, bytes(job_input), webhook, execution_timeout_ms, ttl_ms,
                          True, None, None, 0, 0, None, now, None, None, now)
 
     def handed_over(self, job: RunPodJob, worker_id: str) -> RunPodJob:

@@ -531,6 +531,37 @@ def test_runsync_wait_runs_out_in_line_and_the_job_is_queued(extra: RunningDaemo
     assert (done["status"], done["output"]["n"]) == ("COMPLETED", "b")
 
 
+def test_a_reload_lets_the_old_worker_finish_the_runsync_jobs_in_its_line(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(PROJECTS / "runpod_extra", project)
+    daemon = RunningDaemon(project, tmp_path / "daemon")
+    try:
+        daemon.wait_ready()
+        old_pid = worker_pid(daemon, "gated")
+        gate = tmp_path / "gate"
+        first, first_answer = runsync_in_thread(daemon, "gated", {"n": "a", "gate": str(gate)})
+        wait_health(daemon, "gated", inProgress=1, inQueue=0)
+        second, second_answer = runsync_in_thread(daemon, "gated", {"n": "b"})
+        wait_health(daemon, "gated", inProgress=1, inQueue=1)
+        config = project / "cortex.yaml"
+        config.write_text(config.read_text().replace("    path: gated.py\n", "    path: gated.py\n    env:\n      V: '2'\n", 1))
+        reloaded = subprocess.run([sys.executable, "-m", "inferd", "reload", "--state-dir", str(daemon.state_dir)],
+                                  capture_output=True, text=True, timeout=120)
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert "replaced gated" in reloaded.stdout
+        assert worker_pid(daemon, "gated", other_than=old_pid) != old_pid  # the new version serves
+        gate.touch()
+        first.join(60)
+        second.join(60)
+        answers = [answer[0].json() for answer in (first_answer, second_answer)]
+        # accepted before the switch: finished by the old version's worker, not handed back unfinished
+        assert [(a["status"], a["output"]["n"], a["workerId"]) for a in answers] == [
+            ("COMPLETED", "a", worker_id(old_pid)), ("COMPLETED", "b", worker_id(old_pid))]
+    finally:
+        daemon.stop()
+    assert_clean(daemon)
+
+
 # -- RunPod's client SDK -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

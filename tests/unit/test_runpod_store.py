@@ -6,6 +6,7 @@ Async code runs through ``asyncio.run`` inside plain test functions (no pytest-a
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine
 
 from inferd.store import CURRENT_VERSION, AsyncJobStore, RunPodJob, RunPodJobStore, StoreClosed, UnknownJob, queries
@@ -510,3 +513,24 @@ def test_claim_many_takes_the_oldest_and_put_back_returns_one_uncounted(tmp_path
         assert await store.purge("a") == 0  # claimed jobs are not queued ones
 
     with_store(tmp_path / "jobs.db", body)
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                           max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(output=st.none() | JSON_VALUES, error=st.none() | st.text(), worker=st.none() | st.text(),
+       compact=st.booleans())
+def test_the_spliced_answer_is_the_job_object(output: Any, error: str | None, worker: str | None, compact: bool) -> None:
+    """/status and /runsync answer ``status_body``: the stored output's bytes spliced in, as the
+    direct runner (compact) or the SDK runner's path encoded them; the same JSON, in the same
+    order, as ``to_status_json``."""
+    now = datetime.now(UTC)
+    stored = None if output is None else json.dumps(output, separators=(",", ":") if compact else None).encode()
+    job = RunPodJob("job", "api", "COMPLETED", b"{}", None, 1000, 1000, True, stored, error, 1, 0, worker,
+                    now - timedelta(seconds=2), now - timedelta(seconds=1), now, now)
+    answered = json.loads(job.status_body())
+    assert answered == job.to_status_json()
+    assert list(answered) == list(job.to_status_json())
