@@ -226,16 +226,6 @@ class RunningJob:
             self.loop.call_soon_threadsafe(self.task.cancel)
 
 
-def new_job_loop() -> asyncio.AbstractEventLoop:
-    """The job thread's loop: uvloop's where installed, as the worker's own loop (its wake-ups
-    from another thread and its passes cost a fraction of the selector loop's)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 class JobThread:
     """One thread with its own event loop for sync handlers and sync generators: they run there
     one at a time, as the SDK runs them on its loop, while the worker's loop answers frames.
@@ -243,7 +233,7 @@ class JobThread:
     wakes each side once per batch, not once per job."""
 
     def __init__(self, back: Mailbox) -> None:
-        self.loop = new_job_loop()
+        self.loop = asyncio.new_event_loop()
         self.inbox = Mailbox(self.loop)
         self.back = back  # to the worker's loop
         self.thread = threading.Thread(target=self.loop.run_forever, name="runpod-jobs", daemon=True)
