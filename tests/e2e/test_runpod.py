@@ -4,6 +4,7 @@ with RunPod's queue API under /v2/<api>, driven with plain HTTP and with RunPod'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -786,12 +787,30 @@ def test_endpoint_execution_timeout_below_the_policy_minimum(tmp_path: Path, sta
 
 # -- restart, discovery --------------------------------------------------------------------------
 
-def test_queued_jobs_survive_a_restart(tmp_path: Path) -> None:
-    project = PROJECTS / "runpod_restart"
-    state = ["--state-dir", str(tmp_path / "state")]  # the last --state-dir wins: both daemons share it
-    first = RunningDaemon(project, tmp_path / "first", extra_args=state)
-    second = None
+@contextlib.contextmanager
+def restarting(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[tuple[RunningDaemon, Callable[[], RunningDaemon]]]:
+    """A daemon on runpod_restart, and how to start the next one on its state directory, as
+    after a restart (the last --state-dir wins); every daemon stopped, the next checked, at the end."""
+    project, state = PROJECTS / "runpod_restart", ["--state-dir", str(tmp_path / "state")]
+    first = RunningDaemon(project, tmp_path / "first", extra_args=state, env=env)
+    later: list[RunningDaemon] = []
+
+    def restart() -> RunningDaemon:
+        later.append(RunningDaemon(project, tmp_path / "second", extra_args=state))
+        later[-1].wait_ready()
+        return later[-1]
+
     try:
+        yield first, restart
+    finally:
+        for daemon in (first, *later):
+            daemon.stop()
+    assert later, "the test never restarted"
+    assert_clean(later[-1])
+
+
+def test_queued_jobs_survive_a_restart(tmp_path: Path) -> None:
+    with restarting(tmp_path) as (first, restart):
         first.wait_ready()
         first_pid = worker_pid(first, "slow")
         running = run(first, "slow", {"sleep": 1.5, "n": 0})
@@ -801,8 +820,7 @@ def test_queued_jobs_survive_a_restart(tmp_path: Path) -> None:
         assert first.stop(signal.SIGTERM) == 0
         assert_clean(first)
 
-        second = RunningDaemon(project, tmp_path / "second", extra_args=state)
-        second.wait_ready()
+        second = restart()
         second_pid = worker_pid(second, "slow")
         done = [wait_status(second, "slow", job_id) for job_id in [running, *queued]]
         assert [(d["id"], d["status"], d["output"]) for d in done] == [
@@ -811,21 +829,11 @@ def test_queued_jobs_survive_a_restart(tmp_path: Path) -> None:
         ]
         assert health(second, "slow")["jobs"] == {"completed": 4, "failed": 0, "inProgress": 0, "inQueue": 0,
                                                   "retried": 0}
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
-    assert second is not None
-    assert_clean(second)
 
 
 def test_a_runsync_job_in_line_at_stop_runs_after_the_restart(tmp_path: Path) -> None:
-    project = PROJECTS / "runpod_restart"
-    state = ["--state-dir", str(tmp_path / "state")]
     # a grace period shorter than the running job: both jobs are still waiting when it ends
-    first = RunningDaemon(project, tmp_path / "first", extra_args=state, env={"INFERD_SHUTDOWN_GRACE_PERIOD": "0.5"})
-    second = None
-    try:
+    with restarting(tmp_path, env={"INFERD_SHUTDOWN_GRACE_PERIOD": "0.5"}) as (first, restart):
         first.wait_ready()
         running, running_answer = runsync_in_thread(first, "slow", {"sleep": 3, "n": 0})
         wait_health(first, "slow", inProgress=1, inQueue=0)
@@ -840,8 +848,7 @@ def test_a_runsync_job_in_line_at_stop_runs_after_the_restart(tmp_path: Path) ->
         assert answers == [{"id": answers[0]["id"], "status": "IN_PROGRESS"},
                            {"id": answers[1]["id"], "status": "IN_QUEUE"}]
 
-        second = RunningDaemon(project, tmp_path / "second", extra_args=state)
-        second.wait_ready()
+        second = restart()
         second_pid = worker_pid(second, "slow")
         done = [wait_status(second, "slow", answer["id"]) for answer in answers]
         assert [(d["status"], d["output"]) for d in done] == [("COMPLETED", {"n": 0, "pid": second_pid}),
@@ -850,12 +857,6 @@ def test_a_runsync_job_in_line_at_stop_runs_after_the_restart(tmp_path: Path) ->
             attempts = dict(db.execute("SELECT id, attempts FROM runpod_jobs").fetchall())
         # stored running at the stop: its second attempt; stored queued: its first
         assert attempts == {answers[0]["id"]: 2, answers[1]["id"]: 1}
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
-    assert second is not None
-    assert_clean(second)
 
 
 def test_project_without_cortex_yaml_is_served_as_its_directory(tmp_path: Path, start_daemon) -> None:
