@@ -127,7 +127,12 @@ class RequestRecorder:
     async def record(self, serve: Awaitable[int]) -> None:
         """Run one request's ``serve`` (which returns the status answered, 0 when the client
         left first) counted in flight, then by status and latency."""
-        await self.end_after(self.begin(), serve)
+        started = self.begin()  # end_after's body, inline: one coroutine less on every request
+        status = 0
+        try:
+            status = await serve
+        finally:
+            self.end(started, status)
 
     async def end_after(self, started: float, serve: Awaitable[int]) -> None:
         """``record`` for a request counted in flight since ``started`` (``begin``)."""
