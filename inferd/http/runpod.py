@@ -316,10 +316,12 @@ class RunPodEndpoint:
 
     def direct(self, scope: Scope) -> DirectHandler | None:
         """The handler for a /runsync that needs no task of its own (see ``_runsync_direct``);
-        None for anything else, and where API keys are to be checked."""
-        if scope["method"] != "POST" or self.settings.api_keys:
+        None for anything else, and for a key this endpoint refuses (the ASGI path says so)."""
+        if scope["method"] != "POST" or scope.get("path_params", {}).get("path", "").strip("/") != "runsync":
             return None
-        return self._runsync_direct if scope.get("path_params", {}).get("path", "").strip("/") == "runsync" else None
+        if self.settings.api_keys and not key_accepted(self.settings.api_keys, presented_key(scope)):
+            return None
+        return self._runsync_direct
 
     def _runsync_direct(self, exchange: DirectExchange) -> bool:
         """A /runsync that arrived whole, given to a worker (or its line) from the protocol's

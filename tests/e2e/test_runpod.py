@@ -208,6 +208,24 @@ def test_runsync_that_arrives_whole_is_answered_from_the_protocol_in_order(daemo
     assert closed
 
 
+def test_a_keyed_runsync_that_arrives_whole_is_answered_for_its_key_only(daemon: RunningDaemon) -> None:
+    host = daemon.url.removeprefix("http://")
+    body = b'{"input": {"return": "ok"}}'
+
+    def request(key: str) -> bytes:
+        return (f"POST /v2/keyed/runsync HTTP/1.1\r\nHost: {host}\r\nAuthorization: {key}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    for key, expected in (("Bearer s3cret", 200), ("s3cret", 200), ("Bearer wrong", 401)):
+        [(status_line, _, answer)], _ = raw_answers(daemon, request(key))
+        assert status_line.split()[1] == str(expected).encode(), (key, answer)
+        job = json.loads(answer)
+        if expected == 200:
+            assert (job["status"], job["output"]) == ("COMPLETED", "ok")
+        else:
+            assert job == {"error": "Authorization does not carry an accepted API key", "api": "keyed"}
+
+
 def test_runsync_wait_runs_out_on_a_slow_job(daemon: RunningDaemon) -> None:
     started = time.monotonic()
     reply = daemon.client.post("/v2/sync/runsync?wait=1000", json={"input": {"sleep": 2.5}})
