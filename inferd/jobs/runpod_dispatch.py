@@ -125,7 +125,7 @@ class Feed:
     worker: WorkerBackend
     seats: Seats = field(default_factory=Seats)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    taker: str = ""  # the worker's id in the jobs it runs (``workerId``)
+    taker: str = field(init=False)  # the worker's id in the jobs it runs (``workerId``)
 
     def __post_init__(self) -> None:
         self.taker = worker_id(self.worker)
@@ -219,15 +219,16 @@ class RunPodDispatcher:
         feed = self._free_feed() if self._queue_empty and not self._line else None
         if feed is None and (len(self._line) >= LINE_JOBS or self._line_bytes + len(job_input) > LINE_BYTES):
             return None
-        unqueued = Unqueued(self.jobs.unqueued(self.api, job_input, webhook, execution_timeout_ms, ttl_ms),
-                            next(self._places))
-        self._unqueued[unqueued.job.id] = unqueued
+        # handed over at once: made as a claim would leave it, not queued and then handed over
+        job = self.jobs.unqueued(self.api, job_input, webhook, execution_timeout_ms, ttl_ms,
+                                 None if feed is None else feed.taker)
+        unqueued = self._unqueued[job.id] = Unqueued(job, next(self._places))
         if feed is None:
             self._line.append(unqueued)
-            self._line_bytes += len(unqueued.job.input)
+            self._line_bytes += len(job.input)
         else:
-            self._hand_over(feed, unqueued)
-        return unqueued.job
+            self._start(feed, job)
+        return job
 
     async def write_row(self, job_id: str) -> None:
         """Until an unqueued job's row is committed (as it stands, unless its final write began
@@ -250,9 +251,9 @@ class RunPodDispatcher:
         return {IN_QUEUE: len(self._line), IN_PROGRESS: running}
 
     def _free_feed(self) -> Feed | None:
-        free = [feed for feed in self._feeds
-                if feed.worker.state == "ready" and feed.seats.taken < self._capacity(feed.worker)]
-        return min(free, key=lambda feed: feed.seats.taken) if free else None
+        return min((feed for feed in self._feeds
+                    if feed.worker.state == "ready" and feed.seats.taken < self._capacity(feed.worker)),
+                   key=lambda feed: feed.seats.taken, default=None)
 
     def _fill(self, feed: Feed) -> None:
         """A seat of ``feed`` freed (or it is new): the line's jobs, oldest first, take its free

@@ -305,11 +305,16 @@ class RunPodJobStore:
     # queued one goes through in the store, until ``insert`` writes it as it then stands.
 
     def unqueued(self, api: str, job_input: bytes, webhook: str | None, execution_timeout_ms: int,
-                 ttl_ms: int) -> RunPodJob:
-        """A /runsync job as ``submit`` would have queued it, not written."""
+                 ttl_ms: int, worker_id: str | None = None) -> RunPodJob:
+        """A /runsync job as ``submit`` would have queued it, or (given ``worker_id``) as a claim
+        by that worker would have left it; not written."""
         now = self._clock()
-        return RunPodJob(f"sync-{random_ids.uuid4()}", api, IN_QUEUE, bytes(job_input), webhook, execution_timeout_ms, ttl_ms,
-                         True, None, None, 0, 0, None, now, None, None, now)
+        job_id = f"sync-{random_ids.uuid4()}"
+        if worker_id is None:
+            return RunPodJob(job_id, api, IN_QUEUE, bytes(job_input), webhook, execution_timeout_ms, ttl_ms,
+                             True, None, None, 0, 0, None, now, None, None, now)
+        return RunPodJob(job_id, api, IN_PROGRESS, bytes(job_input), webhook, execution_timeout_ms, ttl_ms,
+                         True, None, None, 1, 0, worker_id, now, now, None, now)
 
     def handed_over(self, job: RunPodJob, worker_id: str) -> RunPodJob:
         """An unwritten job as a claim by ``worker_id`` would have left it, now."""
