@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -111,6 +112,13 @@ async def driver_connection(conn: AsyncConnection) -> aiosqlite.Connection:
     if not isinstance(driver, aiosqlite.Connection) or not callable(getattr(driver, "_execute", None)):
         raise TypeError(f"the job store needs an aiosqlite connection, got {type(driver).__name__}")
     return driver
+
+
+def raw_connection(driver: aiosqlite.Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under ``driver``, for use on the event loop's thread while nothing
+    runs on it in the driver's (SQLAlchemy opens file databases with check_same_thread=False)."""
+    conn: sqlite3.Connection = driver._conn  # private, as _execute below
+    return conn
 
 
 def in_driver_thread(driver: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> Awaitable[T]:

@@ -122,12 +122,13 @@ class AsyncJobStore:
         writer_conn: AsyncConnection,
         writer_driver: aiosqlite.Connection,
         readers: Readers,
+        path: Path | None = None,
     ) -> None:
         self._clock = clock
         self._writer_engine = writer_engine
         self._readers = readers
         self._writer_conn = writer_conn
-        self._writer = GroupCommitWriter(writer_conn, writer_driver)
+        self._writer = GroupCommitWriter(writer_conn, writer_driver, checkpoints=path)
         self._recounts: dict[str, _Recount] = {}
         self._closed = False
 
@@ -150,7 +151,7 @@ class AsyncJobStore:
         except BaseException:
             await writer.dispose()
             raise
-        return cls(clock, writer, conn, driver, readers)
+        return cls(clock, writer, conn, driver, readers, path)
 
     async def close(self) -> None:
         """Commit and answer everything already submitted, then release the file."""

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import create_engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from inferd.store import (
     COMPLETED,
@@ -439,3 +439,69 @@ def test_concurrent_queue_lengths_share_counts(tmp_path: Path) -> None:
         assert await store.queue_length("b") == 0
 
     with_store(tmp_path / "jobs.db", body)
+
+
+def test_small_insert_batches_commit_on_the_loop_and_large_ones_in_the_driver_thread(tmp_path: Path) -> None:
+    import threading
+
+    from inferd.store.engine import raw_connection
+    from inferd.store.writer import INLINE_BYTES, Raw, RawInsert
+
+    async def body(store: AsyncJobStore) -> None:
+        writer = store._writer
+        raw_connection(writer._driver).create_function("thread_name", 0, lambda: threading.current_thread().name)
+        await writer.execute(Raw(lambda db: db.execute("CREATE TABLE probe (thread TEXT, size INTEGER)")))
+        insert = "INSERT INTO probe VALUES (thread_name(), length(?))"
+        await asyncio.gather(*[writer.execute(RawInsert(insert, (b"x" * 100,))) for _ in range(10)])
+        await writer.execute(RawInsert(insert, (b"x" * (INLINE_BYTES + 1),)))
+        rows = await writer.execute(Raw(lambda db: db.execute("SELECT thread, size FROM probe").fetchall()))
+        assert rows[:10] == [(threading.current_thread().name, 100)] * 10
+        assert rows[10][0] != threading.current_thread().name and rows[10][1] == INLINE_BYTES + 1
+
+    with_store(tmp_path / "jobs.db", body)
+
+
+def test_a_failing_insert_in_a_batch_on_the_loop_fails_alone(tmp_path: Path) -> None:
+    from inferd.store.writer import Raw, RawInsert
+
+    async def body(store: AsyncJobStore) -> None:
+        writer = store._writer
+        await writer.execute(Raw(lambda db: db.execute("CREATE TABLE once (id INTEGER PRIMARY KEY)")))
+        outcomes = await asyncio.gather(*[writer.execute(RawInsert("INSERT INTO once VALUES (?)", (n % 5,)))
+                                          for n in range(6)], return_exceptions=True)
+        assert outcomes[:5] == [None] * 5 and store.stats.fallbacks == 1
+        assert isinstance(outcomes[5], IntegrityError) and "UNIQUE" in str(outcomes[5])
+        assert await writer.execute(Raw(lambda db: db.execute("SELECT count(*) FROM once").fetchone()[0])) == 5
+
+    with_store(tmp_path / "jobs.db", body)
+
+
+def test_the_writer_checkpoints_the_wal_itself_every_so_many_commits(tmp_path: Path) -> None:
+    from inferd.store.writer import CHECKPOINT_EVERY, Raw, RawInsert
+
+    path = tmp_path / "jobs.db"
+
+    async def body(store: AsyncJobStore) -> tuple[int, int, int]:
+        writer = store._writer
+        await writer.execute(Raw(lambda db: db.execute("CREATE TABLE filler (blob BLOB)")))
+        autocheckpoint = await writer.execute(Raw(lambda db: db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]))
+        before = path.stat().st_size
+        for _ in range(CHECKPOINT_EVERY + 1):  # one commit each, ~2 pages each: far below SQLite's own 1000
+            await writer.execute(RawInsert("INSERT INTO filler VALUES (?)", (os.urandom(6000),)))
+        await asyncio.sleep(0)
+        await writer._checkpointer.close()  # type: ignore[union-attr]  # the one that was started
+        return autocheckpoint, before, path.stat().st_size
+
+    autocheckpoint, before, after = with_store(path, body)
+    assert autocheckpoint == 0  # SQLite's own, which would run on the loop's thread, is off
+    assert after > before + CHECKPOINT_EVERY * 6000  # the pages left the WAL for the database file
+
+
+def test_which_batches_commit_on_the_loop() -> None:
+    from inferd.store.writer import INLINE_BYTES, INLINE_OPS, Raw, RawInsert, runs_inline
+
+    small = RawInsert("INSERT ...", ("id", b"x" * 1000, 7, None))
+    assert runs_inline([small] * INLINE_OPS)
+    assert not runs_inline([small] * (INLINE_OPS + 1))
+    assert not runs_inline([RawInsert("INSERT ...", ("x" * (INLINE_BYTES + 1),))])
+    assert not runs_inline([small, Raw(lambda db: None)])  # what a Raw call costs is not known
