@@ -29,13 +29,15 @@ class Mailbox:
                 return
             self._waking = True
         try:
-            self.loop.call_soon_threadsafe(self._deliver)
+            self.loop.call_soon_threadsafe(self.deliver)
         except RuntimeError:
             with self._lock:
                 self._waking = False
             raise
 
-    def _deliver(self) -> None:
+    def deliver(self) -> None:
+        """Make the calls posted so far, now (on the loop's thread): the loop's wake-up, or a
+        caller that must see them first."""
         with self._lock:
             calls, self._calls = self._calls, deque()
             self._waking = False

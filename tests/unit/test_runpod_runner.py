@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -233,6 +234,46 @@ def test_progress_updates_from_the_handler_and_its_threads_are_chunks_before_the
     _, [(chunks, end)] = jobs("progress.py", {"name": "Ada", "steps": 2})
     assert chunks == [{"progress": "Update 1/2"}, {"progress": "Update 2/2"}, {"progress": {"from": "thread"}}]
     assert end == {"result": {"output": "Hello, Ada!"}}
+
+
+def test_a_sync_handler_whose_jobs_are_short_runs_on_the_loop_and_its_threads_progress_still_comes_first() -> None:
+    warm = [{"steps": 0}] * 3  # short jobs: the first on the job thread, then the mean is known
+    _, answers = jobs("progress.py", *warm, {"name": "Ada", "steps": 2})
+    chunks, end = answers[-1]
+    assert chunks == [{"progress": "Update 1/2"}, {"progress": "Update 2/2"}, {"progress": {"from": "thread"}}]
+    assert end == {"result": {"output": "Hello, Ada!"}}
+
+
+def test_sync_jobs_run_on_the_job_thread_until_known_short_then_on_the_loop_until_one_is_long() -> None:
+    quick = {"echo": True}
+    _, answers = jobs("sync.py", quick, quick, quick, {"sleep": 0.05}, quick, quick)
+    threads = [end["result"]["output"]["thread"] for _, end in answers]
+    # unknown first; short, so the loop's; the 50 ms job still there, which makes the mean long again
+    assert threads == ["runpod-jobs", "MainThread", "MainThread", "MainThread", "runpod-jobs", "runpod-jobs"]
+
+
+def test_on_the_loop_a_cancel_for_the_job_behind_arrives_before_that_job_starts() -> None:
+    """A sync job holding the loop; the daemon's Cancel for the job queued behind it, arriving
+    meanwhile (from another thread here, from the socket there), is read between the two."""
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        worker = InProcess("sync.py")
+        try:
+            for n in (1, 2):  # known short: the next jobs run on the loop
+                worker.open(n, {"id": f"warm-{n}", "input": {}})
+                await worker.end(n)
+            loop = asyncio.get_running_loop()
+            cancel = threading.Timer(0.05, loop.call_soon_threadsafe, (worker.runner.on_message, protocol.Cancel(4)))
+            cancel.start()
+            worker.open(3, {"id": "busy", "input": {"sleep": 0.3}})
+            worker.open(4, {"id": "queued", "input": {"return": "ran"}})
+            worker.open(5, {"id": "next", "input": {"return": "ran"}})
+            return await worker.end(3), await worker.end(4), await worker.end(5)
+        finally:
+            worker.close()
+    busy, queued, following = asyncio.run(scenario())
+    assert busy["result"]["output"]["thread"] == "MainThread"
+    assert queued == {"cancelled": True}
+    assert following == {"result": {"output": "ran"}}
 
 
 def test_progress_for_a_job_that_is_not_running_goes_nowhere() -> None:

@@ -23,9 +23,11 @@ Jobs, one streamed call each (the daemon side is written against exactly this):
   (``inferd.jobs.runpod_dispatch.split_reply``); or ``{"cancelled": true}`` once a cancelled job has
   stopped. Every ``Open`` gets exactly one ``End``; ``Credit`` is ignored (no window).
 
-Async handlers run as tasks on the worker's loop, as many as the daemon sends. Sync handlers and
-sync generators run in one dedicated thread with its own event loop, one at a time (as the SDK
-runs them on its loop), so the worker's loop stays free for frames.
+Async handlers run as tasks on the worker's loop, as many as the daemon sends. Sync handlers
+and sync generators run one at a time, in the order sent (the daemon sends one, or a short
+pipeline of short ones): in a dedicated thread with its own event loop, so the worker's loop
+stays free for frames, or, once their jobs are known to take under INLINE_BELOW, on the worker's
+loop itself, as the SDK runs them on its own (``RunPodRunner.runs_inline``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +58,8 @@ from inferd.worker.mailbox import Mailbox
 from inferd.worker.runners.base import Runner
 
 JOB_METHOD = "runpod.job"
-SYNC_KINDS = frozenset({"sync", "generator"})
+SERIAL_KINDS = ("sync", "generator")  # handlers that run one at a time, as in the SDK
+INLINE_BELOW = 0.002  # seconds: a sync handler's mean time per job under which it runs on the loop
 NOT_STARTED = "did not call runpod.serverless.start(...)"
 CANCELLED = json.dumps({"cancelled": True})
 
@@ -213,24 +217,28 @@ class RunningJob:
     call_id: int
     rid: str
     job_id: str | None = None
-    task: asyncio.Task[Any] | None = None       # the task running the handler, on its loop
+    task: asyncio.Task[Any] | None = None       # the task running the handler, on ``loop``
     loop: asyncio.AbstractEventLoop | None = None
     cancel_requested: bool = False
     open: bool = True                           # False once its End is sent: nothing may follow
-    seconds: float = 0.0                        # time in the handler (not waiting for the job thread)
+    seconds: float = 0.0                        # time in the handler (not waiting for its turn)
 
     def cancel(self) -> None:
         """Stop the handler at its next ``await`` (a sync one: when it returns or yields)."""
         self.cancel_requested = True
-        if self.task is not None and self.loop is not None:
+        if self.task is None or self.loop is None:
+            return
+        if self.loop is asyncio.get_running_loop():
+            self.task.cancel()  # now: on the worker's loop, the task may go on to another job
+        else:
             self.loop.call_soon_threadsafe(self.task.cancel)
 
 
 class JobThread:
-    """One thread with its own event loop for sync handlers and sync generators: they run there
-    one at a time, as the SDK runs them on its loop, while the worker's loop answers frames.
-    Jobs go over and outcomes come back through mailboxes: a worker handed several short jobs
-    wakes each side once per batch, not once per job."""
+    """One thread with its own event loop for sync handlers and sync generators whose jobs take
+    a while (see ``RunPodRunner.runs_inline``): they run there one at a time, as the SDK runs
+    them on its loop, while the worker's loop answers frames and forwards progress that the
+    handler's own threads report. Jobs go over and outcomes come back through mailboxes."""
 
     def __init__(self, back: Mailbox) -> None:
         self.loop = asyncio.new_event_loop()
@@ -284,8 +292,11 @@ class RunPodRunner(Runner):
         self.loop_thread = threading.get_ident()
         self.calls: dict[int, RunningJob] = {}
         self.by_job_id: dict[str, RunningJob] = {}
-        self.to_loop = Mailbox(self.context.loop)  # from the job thread and the handler's threads
-        self.job_thread = JobThread(self.to_loop) if self.kind in SYNC_KINDS else None
+        self.to_loop = Mailbox(self.context.loop)  # from the job thread and the handler's own threads
+        self.job_thread = JobThread(self.to_loop) if self.kind in SERIAL_KINDS else None
+        self.pace: float | None = None  # moving mean of a sync handler's seconds per job
+        self.serial: deque[tuple[RunningJob, bytes]] = deque()  # sync handlers' jobs, waiting their turn
+        self.serial_task: asyncio.Task[None] | None = None
         modifier = self.config.get("concurrency_modifier")
         self.concurrency = max(1, int(modifier(1))) if modifier else 1
         return {"handler_kind": self.kind, "concurrency": self.concurrency,
@@ -300,11 +311,28 @@ class RunPodRunner(Runner):
                 return
             running = RunningJob(message.id, message.rid)
             self.calls[running.call_id] = running
-            self.context.track(self.context.loop.create_task(self.serve(running, message.body)))
+            if self.kind not in SERIAL_KINDS:
+                self.context.track(self.context.loop.create_task(self.serve(running, message.body)))
+                return
+            self.serial.append((running, message.body))
+            if self.serial_task is None:
+                self.serial_task = self.context.loop.create_task(self.serve_serially())
+                self.context.track(self.serial_task)
         elif isinstance(message, protocol.Cancel):
             cancelled = self.calls.get(message.id)
             if cancelled is not None:
                 cancelled.cancel()
+
+    async def serve_serially(self) -> None:
+        """Sync handlers' jobs, one after another in the order sent. Between two, the loop reads
+        its frames first: a Cancel for the next job, sent while this one held the loop, is seen
+        before that job starts."""
+        try:
+            while self.serial:
+                await self.serve(*self.serial.popleft())
+                await asyncio.sleep(0)
+        finally:
+            self.serial_task = None
 
     async def serve(self, running: RunningJob, body: bytes) -> None:
         """Exactly one End per job, whatever happens."""
@@ -312,23 +340,27 @@ class RunPodRunner(Runner):
             job = json.loads(body)
             running.job_id = str(job["id"])
             self.by_job_id[running.job_id] = running
-            if self.job_thread is not None:
-                result = await self.job_thread.run(self.execute(running, job))
+            if self.job_thread is None or self.runs_inline():
+                rest, output = await self.execute(running, job)
             else:
-                result = await self.execute(running, job)
-            rest, output = result
+                rest, output = await self.job_thread.run(self.execute(running, job))
             reply = f'{{"result": {rest}, "seconds": {running.seconds:.6f}{self.concurrency_field()}}}'
             if output is not None:  # after the first newline (JSON text has none of its own)
                 reply = f"{reply}\n{output}"
         except asyncio.CancelledError:
             if not running.cancel_requested:
                 raise  # the worker is going away, not this job
+            current = asyncio.current_task()
+            if current is not None and running.task is current:
+                current.uncancel()  # cancelled on this loop: the serial task goes on to the next job
             reply = CANCELLED
         except Exception as exc:  # noqa: BLE001 - ours, not the handler's (run_job catches those)
             self.log.error("runpod_job_failed", request_id=running.rid, exc_info=exc)
             failed = {"error": error_json(exc, f"{type(exc).__name__}: {exc}")}
             reply = json.dumps({"result": failed})
         finally:
+            # what the handler's own threads posted while it held the loop (progress) goes first
+            self.to_loop.deliver()
             self.calls.pop(running.call_id, None)
             if running.job_id is not None and self.by_job_id.get(running.job_id) is running:
                 del self.by_job_id[running.job_id]
@@ -338,10 +370,11 @@ class RunPodRunner(Runner):
         self.context.send(protocol.End(running.call_id, has_reply=True, body=reply.encode()))
 
     async def execute(self, running: RunningJob, job: dict[str, Any]) -> tuple[str, str | None]:
-        """The job's result as ``encode_result``'s JSON texts (encoded where it ran: big outputs stay off the
-        worker's loop when the handler is sync). Runs on the worker's loop or the job thread's."""
+        """The job's result as ``encode_result``'s JSON texts (encoded where it ran: big outputs
+        of a sync handler on the job thread stay off the worker's loop). Runs on the worker's
+        loop or the job thread's."""
         running.task, running.loop = asyncio.current_task(), asyncio.get_running_loop()
-        if running.cancel_requested:  # cancelled while it waited for the job thread
+        if running.cancel_requested:  # cancelled before its turn came
             raise asyncio.CancelledError
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(request_id=running.rid):
@@ -353,7 +386,18 @@ class RunPodRunner(Runner):
                 result["stopPod"] = True
             with_debugger_output(self.config, result)
         running.seconds = time.perf_counter() - started
+        if self.job_thread is not None:
+            self.pace = running.seconds if self.pace is None else 0.8 * self.pace + 0.2 * running.seconds
         return encode_result(result)
+
+    def runs_inline(self) -> bool:
+        """Whether a sync handler's next job runs on the worker's loop rather than the job
+        thread: once its jobs are known to be short (INLINE_BELOW), where the two thread
+        wake-ups would cost as much as the job. The SDK runs sync handlers on its loop's thread
+        too; what is lost meanwhile is only the loop's attention: a Cancel or a progress report
+        from the handler's own threads waits for the job's end (it still comes before the
+        result), so handlers that take longer keep the job thread."""
+        return self.pace is not None and self.pace < INLINE_BELOW
 
     async def stream(self, running: RunningJob, job: dict[str, Any]) -> dict[str, Any]:
         """``handle_job``'s streaming rules: each item to the daemon as it comes, an item that is
