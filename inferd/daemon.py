@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import uvicorn
 
+from inferd import heap
 from inferd.containers.launch import scratch_root, sweep_scratch
 from inferd.control.schema import load_schema
 from inferd.control.server import ControlServer
@@ -307,6 +308,7 @@ class Daemon:
         self.last_reload = f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {'ok' if report.ok else 'FAILED'}: {report.summary()}"
         (log.info if report.ok else log.error)("reload_finished", ok=report.ok, summary=report.summary())
         self.notifier.ready(self._status_line())
+        heap.settle()
         return report
 
     async def _reconcile(self) -> ReloadReport:
@@ -342,6 +344,7 @@ class Daemon:
         await asyncio.gather(*(pool.wait_all_ready(self.settings.ready_wait) for pool in self.deployment.pools()))
         self.notifier.ready(self._status_line())
         log.info("inferd_ready", status=self._status_line())
+        heap.settle()
 
     async def _watch_project(self) -> None:
         """--watch: a burst of edits (an editor saving several files) becomes one reload."""

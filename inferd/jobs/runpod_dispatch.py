@@ -522,9 +522,10 @@ class RunPodDispatcher:
             self.pool.retire(running.worker, "the handler asked for a fresh worker (refresh_worker)",
                              drain=self.pool.config.stop_timeout)
         if finished is not None:
+            delay_ms, execution_ms = finished.delay_ms, finished.execution_ms
             log.info("runpod_job_finished", api=self.api, request_id=finished.id, status=status,
-                     delay_ms=finished.delay_ms, execution_ms=finished.execution_ms)
-            self._finished(finished)
+                     delay_ms=delay_ms, execution_ms=execution_ms)
+            self._finished(finished, delay_ms, execution_ms)
 
     async def _timed_out(self, running: RunningJob) -> None:
         job = running.job
@@ -538,9 +539,9 @@ class RunPodDispatcher:
         if finished is not None:
             self._finished(finished)
 
-    def _finished(self, job: RunPodJob) -> None:
-        self._delays.observe(job.delay_ms / 1000)
-        self._executions.observe(job.execution_ms / 1000)
+    def _finished(self, job: RunPodJob, delay_ms: int | None = None, execution_ms: int | None = None) -> None:
+        self._delays.observe((job.delay_ms if delay_ms is None else delay_ms) / 1000)
+        self._executions.observe((job.execution_ms if execution_ms is None else execution_ms) / 1000)
         self.on_finished(job)
 
     async def _interrupted(self, job: RunPodJob, reason: str, began: bool) -> None:

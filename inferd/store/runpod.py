@@ -99,11 +99,16 @@ class RunPodJob:
     def status_body(self) -> bytes:
         """``to_status_json`` as compact JSON, in its order, the stored output spliced in as it
         is (an image's base64 is not parsed and encoded again per answer)."""
+        head = (f'{{"id":{_text(self.id)},"status":{_text(self.status)},'
+                f'"delayTime":{self.delay_ms},"executionTime":{self.execution_ms}')
+        tail = "}"
+        if self.worker_id is not None:
+            tail = f',"workerId":{_text(self.worker_id)}}}'
+        if self.error is not None:
+            tail = f',"error":{_text(self.error)}{tail}'
         if self.output is None:
-            return _compact({**self._times(), **self._ends()}).encode()
-        ends = self._ends()
-        tail = b"," + _compact(ends).encode()[1:] if ends else b"}"
-        return _compact(self._times()).encode()[:-1] + b',"output":' + self.output + tail
+            return (head + tail).encode()
+        return head.encode() + b',"output":' + self.output + tail.encode()
 
     def _times(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "delayTime": self.delay_ms, "executionTime": self.execution_ms}
@@ -117,7 +122,8 @@ class RunPodJob:
         return ends
 
 
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# a string as json.dumps(..., ensure_ascii=False) writes it, the body's other values being numbers
+_text = json.encoder.encode_basestring
 
 
 def _ms(delta: timedelta) -> int:

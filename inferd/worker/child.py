@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from inferd import heap
 from inferd.compat import SHIM_PATH
 from inferd.logs import configure_logging, get_logger
 from inferd.worker import protocol
@@ -72,6 +73,7 @@ class WorkerChild:
             self.send(protocol.InitFailed(f"{type(exc).__name__}: {exc}", text))
             await asyncio.sleep(0)  # let the frame reach the transport buffer
             return EXIT_INIT_FAILED
+        heap.settle()  # the handler and its model, loaded: never walked by a collection again
         self.send(protocol.Ready(os.getpid(), info))
         self.log.info("worker_ready", **info)
         return await self.done
