@@ -14,6 +14,8 @@ import gc
 
 
 def settle() -> None:
-    """Once started (and again after a reload): collect, then freeze what survived."""
+    """Once started (and again after a reload): collect, then freeze what survived. Whatever a
+    reload dropped was frozen too: unfrozen first, so the full collection frees its cycles."""
+    gc.unfreeze()
     gc.collect()
     gc.freeze()

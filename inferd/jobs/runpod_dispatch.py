@@ -70,14 +70,30 @@ class RunningJob:
     worker: WorkerBackend
     stream: StreamCall
     release: Callable[[], None]     # frees its seat on the worker (once; again is a no-op)
-    deadline: asyncio.Timeout       # its execution timeout, armed once it began
+    in_order: deque[RunningJob]     # its serial worker's jobs, in the order it runs them
+    serial: bool                    # its worker runs one job at a time (in in_order)
     began: bool = False             # the worker is running it (not waiting behind another job)
     stop_reason: str | None = None  # set when inferd stopped it (cancel, timeout): its result is not used
+    expires_at: float | None = None  # its execution timeout (loop time), once it began
+    # while a task follows it: that task's timeout; before (``follow_later``), a timer calling on_expiry
+    deadline: asyncio.Timeout | None = None
+    on_expiry: Callable[[], None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    done: asyncio.Future[None] | None = None  # without a task of its own: done once it has ended
 
     def begin(self) -> None:
         self.began = True
-        self.deadline.reschedule(asyncio.get_running_loop().time() + self.job.execution_timeout_ms / 1000
-                                 + TIMER_SLACK)
+        loop = asyncio.get_running_loop()
+        self.expires_at = loop.time() + self.job.execution_timeout_ms / 1000 + TIMER_SLACK
+        if self.deadline is not None:
+            self.deadline.reschedule(self.expires_at)
+        elif self.on_expiry is not None:
+            self.timer = loop.call_at(self.expires_at, self.on_expiry)
+
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 @dataclass
@@ -120,11 +136,12 @@ class Seats:
 
 @dataclass
 class Feed:
-    """One ready worker's seats and the job tasks it runs (claimed or unqueued)."""
+    """One ready worker's seats and the jobs it runs (claimed or unqueued): a task each, or a
+    future each for those followed from callbacks."""
 
     worker: WorkerBackend
     seats: Seats = field(default_factory=Seats)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    tasks: set[asyncio.Future[None]] = field(default_factory=set)
     taker: str = field(init=False)  # the worker's id in the jobs it runs (``workerId``)
 
     def __post_init__(self) -> None:
@@ -181,7 +198,7 @@ class RunPodDispatcher:
         self.running: dict[str, RunningJob] = {}
         self._wakeup = asyncio.Event()
         self._consumers: list[asyncio.Task[None]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._pace = PIPELINE_BELOW  # moving mean of the handler's seconds per job
         self._delays = metrics.runpod_queue_delay.labels(api)
         self._executions = metrics.runpod_execution.labels(api)
@@ -391,11 +408,24 @@ class RunPodDispatcher:
                     self._fill(other)
 
     def _start(self, feed: Feed, job: RunPodJob) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(feed.worker, job, feed.seats.take(),
-                                                                feed.seats.in_order))
-        feed.tasks.add(task)
-        task.add_done_callback(feed.tasks.discard)
-        self._keep(task)
+        """Send ``job`` to ``feed``'s worker now (jobs reach a worker in the order started here)
+        and follow it: from callbacks while it is an unwritten /runsync job, else in a task."""
+        release = feed.seats.take()
+        try:
+            running = self._open(feed, job, release)
+        except WorkerDied as exc:
+            self._track(feed, asyncio.get_running_loop().create_task(self._never_ran(job, release, str(exc))))
+            return
+        unqueued = self._unqueued.get(job.id)
+        if unqueued is not None and unqueued.row is None:
+            self._follow_later(feed, running)
+        else:
+            self._track(feed, asyncio.get_running_loop().create_task(self._run(running)))
+
+    def _track(self, feed: Feed, ends: asyncio.Future[None]) -> None:
+        feed.tasks.add(ends)
+        ends.add_done_callback(feed.tasks.discard)
+        self._keep(ends)
 
     @staticmethod
     def _concurrency(worker: WorkerBackend) -> int:
@@ -414,11 +444,11 @@ class RunPodDispatcher:
         room = self._capacity(worker) - seats.taken
         return room if seats.taken <= self._concurrency(worker) or room >= PIPELINE // 2 else 0
 
-    def _keep(self, task: asyncio.Task[Any]) -> None:
+    def _keep(self, task: asyncio.Future[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
+    def _done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("runpod_dispatch_failed", api=self.api, error=str(task.exception()), exc_info=task.exception())
@@ -434,37 +464,45 @@ class RunPodDispatcher:
 
     # -- one job ---------------------------------------------------------------------------------
 
-    async def _run(self, worker: WorkerBackend, job: RunPodJob, release: Callable[[], None],
-                   in_order: deque[RunningJob]) -> None:
+    async def _run(self, running: RunningJob) -> None:
         try:
-            await self._run_on(worker, job, release, in_order)
+            await self._drive(running)
+        finally:
+            running.release()
+            self._unqueued.pop(running.job.id, None)
+
+    async def _never_ran(self, job: RunPodJob, release: Callable[[], None], reason: str) -> None:
+        """``job``'s worker was gone before it could be sent."""
+        try:
+            await self._interrupted(job, reason, began=False)
         finally:
             release()
             self._unqueued.pop(job.id, None)
 
-    async def _run_on(self, worker: WorkerBackend, job: RunPodJob, release: Callable[[], None],
-                      in_order: deque[RunningJob]) -> None:
-        try:
-            stream = self.pool.open_stream_on(worker, protocol.Open(0, job.id, JOB_METHOD, body=job_message(job)))
-        except WorkerDied as exc:
-            await self._interrupted(job, str(exc), began=False)
-            return
-        serial = worker.info.get("handler_kind") in SERIAL_KINDS
-        running = self.running[job.id] = RunningJob(job, worker, stream, release, asyncio.timeout(None))
+    def _open(self, feed: Feed, job: RunPodJob, release: Callable[[], None]) -> RunningJob:
+        """The job sent to ``feed``'s worker (WorkerDied: it is gone), its execution timeout
+        armed unless it waits behind another job."""
+        stream = self.pool.open_stream_on(feed.worker, protocol.Open(0, job.id, JOB_METHOD, body=job_message(job)))
+        serial = feed.worker.info.get("handler_kind") in SERIAL_KINDS
+        running = self.running[job.id] = RunningJob(job, feed.worker, stream, release, feed.seats.in_order, serial)
         if serial:
-            in_order.append(running)
+            running.in_order.append(running)
+        return running
+
+    async def _drive(self, running: RunningJob) -> None:
+        """Follow the job to its end (or what ended it instead) and store that."""
+        job, stream = running.job, running.stream
+        running.stop_timer()
+        running.deadline = asyncio.timeout(running.expires_at)
         result = None
         try:
             async with running.deadline:  # every job in in_order is inside its deadline's block
                 try:
-                    if not serial or in_order[0] is running:
+                    if not running.began and (not running.serial or running.in_order[0] is running):
                         running.begin()
                     result = await self._follow(running)
                 finally:
-                    self.running.pop(job.id, None)
-                    if serial:  # the worker answered (a result, or a cancelled job dropped): it goes on
-                        answered = result is not None or (stream.end is not None and stream.end.code == protocol.OK)
-                        self._next_in_order(running, in_order, answered)
+                    self._left(running, result is not None)
         except TimeoutError:
             await self._timed_out(running)
             return
@@ -475,6 +513,81 @@ class RunPodDispatcher:
             await self._interrupted(job, reason, running.began)
             return
         await self._finish(running, *result)
+
+    def _left(self, running: RunningJob, answered: bool) -> None:
+        """``running`` no longer runs: its worker answered (``answered``: with a result) or it
+        was cut off."""
+        self.running.pop(running.job.id, None)
+        if running.serial:  # the worker answered (a result, or a cancelled job dropped): it goes on
+            end = running.stream.end
+            self._next_in_order(running, running.in_order, answered or (end is not None and end.code == protocol.OK))
+
+    # -- an unqueued job followed from callbacks -------------------------------------------------
+    # Most /runsync jobs end with one message, the result: a task per job (its steps, its timeout
+    # context) would cost more than the rest of the job's way through the daemon. Such a job is
+    # followed from the stream's callbacks until its result is stored; anything else (progress, a
+    # stream item, its timeout, its worker gone, its row written sooner) hands it to a task,
+    # ``_drive``, which goes on from where it is.
+
+    def _follow_later(self, feed: Feed, running: RunningJob) -> None:
+        running.on_expiry = lambda: self._hand_to_task(running)
+        running.done = asyncio.get_running_loop().create_future()
+        self._track(feed, running.done)
+        if not running.serial or running.in_order[0] is running:
+            running.begin()
+        running.stream.listener = lambda: self._heard(running)
+
+    def _heard(self, running: RunningJob) -> None:
+        body = running.stream.peek()
+        unqueued = self._unqueued.get(running.job.id)
+        if body is None or running.stop_reason is not None or unqueued is None or unqueued.row is not None:
+            self._hand_to_task(running)
+            return
+        try:
+            message, output = split_reply(body)
+        except ValueError:  # not JSON: the task's reading of it fails the job, logged, as it would have
+            message, output = {}, None
+        if "result" not in message:
+            self._hand_to_task(running)
+            return
+        running.stream.take()
+        running.stream.listener = None
+        running.on_expiry = None
+        running.stop_timer()
+        result = self._took_result(running, message)
+        self._left(running, True)
+        status, output, error = result_fields(result, output)
+        unqueued.job = final = self.jobs.finished(unqueued.job, status, output, error)
+        unqueued.row = self.jobs.insert(final)
+        unqueued.row.add_done_callback(lambda row: self._stored(running, final, result, row))
+
+    def _stored(self, running: RunningJob, final: RunPodJob, result: dict[str, Any], row: asyncio.Future[None]) -> None:
+        try:
+            if not row.cancelled() and row.exception() is None:
+                self._result_stored(running, final, result)
+        finally:
+            self._ended(running, row)
+
+    def _hand_to_task(self, running: RunningJob) -> None:
+        if running.on_expiry is None:
+            return  # handed over already
+        running.stream.listener = None
+        running.on_expiry = None
+        running.stop_timer()
+        task = asyncio.get_running_loop().create_task(self._drive(running))
+        task.add_done_callback(lambda task: self._ended(running, task))
+
+    def _ended(self, running: RunningJob, ended: asyncio.Future[None]) -> None:
+        """A job followed from callbacks is over: its seat and its future, with what failed it."""
+        running.release()
+        self._unqueued.pop(running.job.id, None)
+        assert running.done is not None
+        if ended.cancelled():
+            running.done.cancel()
+        elif (error := ended.exception()) is not None:
+            running.done.set_exception(error)
+        else:
+            running.done.set_result(None)
 
     @staticmethod
     def _next_in_order(running: RunningJob, in_order: deque[RunningJob], ended: bool) -> None:
@@ -498,14 +611,18 @@ class RunPodDispatcher:
             elif "progress" in message:
                 await self.jobs.set_progress(job_id, json.dumps(message["progress"]).encode())
             elif "result" in message:
-                if "concurrency" in message:
-                    running.worker.info["concurrency"] = message["concurrency"]
-                if "seconds" in message:
-                    self._pace = 0.8 * self._pace + 0.2 * float(message["seconds"])
-                # the worker is free for the next job now: starting it overlaps storing this result
-                running.release()
-                return dict(message["result"]), output
+                return self._took_result(running, message), output
         return None
+
+    def _took_result(self, running: RunningJob, message: dict[str, Any]) -> dict[str, Any]:
+        """The result in the worker's message, and what else it says of the worker."""
+        if "concurrency" in message:
+            running.worker.info["concurrency"] = message["concurrency"]
+        if "seconds" in message:
+            self._pace = 0.8 * self._pace + 0.2 * float(message["seconds"])
+        # the worker is free for the next job now: starting it overlaps storing this result
+        running.release()
+        return dict(message["result"])
 
     async def _finish(self, running: RunningJob, result: dict[str, Any], output_json: bytes | None) -> None:
         status, output, error = result_fields(result, output_json)
@@ -518,12 +635,16 @@ class RunPodDispatcher:
         else:
             await self.write_row(running.job.id)
             finished = await self.jobs.finish(running.job.id, status, output, error)
+        self._result_stored(running, finished, result)
+
+    def _result_stored(self, running: RunningJob, finished: RunPodJob | None, result: dict[str, Any]) -> None:
+        """The worker's result is stored (``finished``: the job as it now is; None: it was final already)."""
         if result.get("stopPod"):
             self.pool.retire(running.worker, "the handler asked for a fresh worker (refresh_worker)",
                              drain=self.pool.config.stop_timeout)
         if finished is not None:
             delay_ms, execution_ms = finished.delay_ms, finished.execution_ms
-            log.info("runpod_job_finished", api=self.api, request_id=finished.id, status=status,
+            log.info("runpod_job_finished", api=self.api, request_id=finished.id, status=finished.status,
                      delay_ms=delay_ms, execution_ms=execution_ms)
             self._finished(finished, delay_ms, execution_ms)
 

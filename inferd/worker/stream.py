@@ -35,6 +35,9 @@ class StreamCall:
         self._credit = WINDOW
         self._credit_changed: asyncio.Event | None = None  # made when a sender first waits
         self.end: protocol.End | None = None
+        # called after each message or the end arrives, instead of a reader waiting: a job runner
+        # that takes a one-message call from callbacks (its messages stay in order until read)
+        self.listener: Callable[[], None] | None = None
         self.started = time.perf_counter()
         self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -46,6 +49,8 @@ class StreamCall:
 
     def on_message(self, body: bytes) -> None:
         self._put(body)
+        if self.listener is not None:
+            self.listener()
 
     def on_credit(self, count: int) -> None:
         self._credit += count
@@ -71,6 +76,8 @@ class StreamCall:
             self._put(_END)
             self._wake_sender()
             self._on_finished(self.id)
+            if self.listener is not None:
+                self.listener()
 
     def on_gone(self, message: str) -> None:
         self.on_end(protocol.End(self.id, protocol.UNAVAILABLE, message))
@@ -93,6 +100,20 @@ class StreamCall:
     def end_input(self) -> None:
         if not self.finished:
             self._send(protocol.InputEnd(self.id))
+
+    def peek(self) -> bytes | None:
+        """The next message without taking it; None when there is none, or only the end."""
+        if self._messages and self._messages[0] is not _END:
+            item: bytes = self._messages[0]
+            return item
+        return None
+
+    def take(self) -> None:
+        """Drop the message ``peek`` returned, and the end right behind it (no credit: the call
+        is over, or its one message was all the reader wanted)."""
+        self._messages.popleft()
+        if self._messages and self._messages[0] is _END:
+            self._messages.popleft()
 
     def cancel(self) -> None:
         """The client went away or its deadline passed: tell the worker to stop producing."""
