@@ -493,7 +493,7 @@ class RunPodDispatcher:
         """Follow the job to its end (or what ended it instead) and store that."""
         job, stream = running.job, running.stream
         running.stop_timer()
-        running.deadline = asyncio.timeout(running.expires_at)
+        running.deadline = asyncio.timeout_at(running.expires_at)
         result = None
         try:
             async with running.deadline:  # every job in in_order is inside its deadline's block

@@ -766,6 +766,29 @@ def test_execution_timeout_then_retry(daemon: RunningDaemon) -> None:
                                 "api": "asyncer"}
 
 
+@pytest.mark.parametrize(("api", "job_input"), [("sync", {"sleep": 20}), ("progress", {"steps": 1, "sleep": 20})],
+                         ids=["result-only", "progress-first"])
+def test_runsync_execution_timeout_answers_timed_out(daemon: RunningDaemon, api: str, job_input: dict) -> None:
+    """A /runsync job reaching its execution timeout, followed from callbacks until then, or
+    (once it reported progress) by a task that must keep the deadline it began with."""
+    pid = worker_pid(daemon, api)
+    started = time.monotonic()
+    reply = daemon.client.post(f"/v2/{api}/runsync", json={"input": job_input, "policy": {"executionTimeout": 5000}},
+                               timeout=60)
+    elapsed = time.monotonic() - started
+    timed_out = reply.json()
+    assert reply.status_code == 200 and timed_out == {
+        "id": timed_out["id"], "status": "TIMED_OUT", "delayTime": timed_out["delayTime"],
+        "executionTime": timed_out["executionTime"], "workerId": worker_id(pid),
+        "error": "execution timeout of 5000 ms (policy.executionTimeout) passed"}
+    assert timed_out["executionTime"] >= 5000 and 4.9 <= elapsed < 15, (timed_out, elapsed)
+    assert status(daemon, api, timed_out["id"]) == timed_out
+    # a sync handler cannot be interrupted: its worker is replaced, and the next job runs on the new one
+    replacement = worker_pid(daemon, api, other_than=pid)
+    assert runsync(daemon, api, {"steps": 0} if api == "progress" else {"return": "next"})["workerId"] == \
+        worker_id(replacement)
+
+
 def test_retry_a_failed_job(daemon: RunningDaemon) -> None:
     failed = runsync(daemon, "raises", {"name": "it"})
     assert failed["status"] == "FAILED"
