@@ -183,19 +183,19 @@ class AsyncJobStore:
 
     async def claim_next(self, api: str) -> Job | None:
         """The oldest in_queue job of ``api``, now in_progress (attempts + 1), or None."""
-        row = await self._writer.execute(Raw(queries.raw_claim, self._now(), api))
+        row = await self._writer.execute(Raw(queries.raw_claim, self._now(), api, quick=True))
         return None if row is None else Job.from_tuple(row)
 
     async def complete(self, job_id: str, result: bytes) -> None:
         """-> completed; result stored as given, payload dropped. A job that already finished is
         left as it is (first outcome wins); an unknown id raises UnknownJob."""
         params = (self._now(), bytes(result), job_id)
-        await self._writer.execute(Raw(queries.raw_finish, queries.RAW_COMPLETE, params))
+        await self._writer.execute(Raw(queries.raw_finish, queries.RAW_COMPLETE, params, quick=True))
 
     async def fail(self, job_id: str, error: str) -> None:
         """-> failed with ``error``, payload dropped. Same rules as complete()."""
         params = (self._now(), error, job_id)
-        await self._writer.execute(Raw(queries.raw_finish, queries.RAW_FAIL, params))
+        await self._writer.execute(Raw(queries.raw_finish, queries.RAW_FAIL, params, quick=True))
 
     async def recover(self, api: str | None = None, max_attempts: int = 2) -> tuple[int, int]:
         """Every in_progress job (of ``api``, or all) was interrupted: back to in_queue while

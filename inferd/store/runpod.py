@@ -352,26 +352,26 @@ class RunPodJobStore:
         """Up to ``n`` of the oldest IN_QUEUE jobs of ``api`` within their ttl, in submission
         order, now IN_PROGRESS on ``worker_id`` (one write for all of them)."""
         moments = self._moments()
-        rows = await self._jobs.write(Raw(_all, CLAIM, {**moments, "api": api, "worker_id": worker_id, "n": n}))
+        rows = await self._jobs.write(Raw(_all, CLAIM, {**moments, "api": api, "worker_id": worker_id, "n": n}, quick=True))
         jobs = [RunPodJob.from_row(row, moments["now"]) for row in rows]
         return sorted(jobs, key=lambda job: job.created_at)
 
     async def put_back(self, job_id: str) -> bool:
         """A claimed job that never started (its worker went away first) back to the queue, its
         attempt not counted; False unless it was IN_PROGRESS."""
-        changed: bool = await self._jobs.write(Raw(_changed, PUT_BACK, {**self._moments(), "id": job_id}))
+        changed: bool = await self._jobs.write(Raw(_changed, PUT_BACK, {**self._moments(), "id": job_id}, quick=True))
         return changed
 
     async def set_progress(self, job_id: str, output: bytes) -> bool:
         """Store ``output`` (JSON) as the job's progress; False unless it is IN_PROGRESS."""
         params = {**self._moments(), "id": job_id, "output": bytes(output)}
-        changed: bool = await self._jobs.write(Raw(_changed, SET_PROGRESS, params))
+        changed: bool = await self._jobs.write(Raw(_changed, SET_PROGRESS, params, quick=True))
         return changed
 
     async def append_stream(self, job_id: str, chunk: bytes) -> bool:
         """Queue one stream chunk for /stream; False unless the job is IN_PROGRESS."""
         params = {**self._moments(), "id": job_id, "chunk": bytes(chunk)}
-        changed: bool = await self._jobs.write(Raw(_changed, APPEND_STREAM, params))
+        changed: bool = await self._jobs.write(Raw(_changed, APPEND_STREAM, params, quick=True))
         return changed
 
     async def finish(self, job_id: str, status: str, output: bytes | None, error: str | None) -> RunPodJob | None:
@@ -408,7 +408,7 @@ class RunPodJobStore:
         else FAILED with ``reason``. Its stream chunks stay. Returns the status afterwards
         (unchanged if it was not IN_PROGRESS); an unknown or gone id raises UnknownJob."""
         params = {**self._moments(), "id": job_id, "reason": reason, "max_attempts": max_attempts, "give_up": GIVE_UP}
-        status: str = await self._jobs.write(Raw(_requeue, params))
+        status: str = await self._jobs.write(Raw(_requeue, params, quick=True))
         return status
 
     async def recover(self, api: str | None = None, max_attempts: int = 2) -> tuple[int, int]:
@@ -472,7 +472,7 @@ class RunPodJobStore:
 
     async def _write_job(self, fn: Callable[..., tuple[Any, ...] | None], *sql: str, **params: Any) -> RunPodJob | None:
         moments = self._moments()
-        row = await self._jobs.write(Raw(fn, *sql, {**moments, **params}))
+        row = await self._jobs.write(Raw(fn, *sql, {**moments, **params}, quick=True))
         return None if row is None else RunPodJob.from_row(row, moments["now"])
 
     def _now(self) -> int:

@@ -457,6 +457,9 @@ def test_small_insert_batches_commit_on_the_loop_and_large_ones_in_the_driver_th
         rows = await writer.execute(Raw(lambda db: db.execute("SELECT thread, size FROM probe").fetchall()))
         assert rows[:10] == [(threading.current_thread().name, 100)] * 10
         assert rows[10][0] != threading.current_thread().name and rows[10][1] == INLINE_BYTES + 1
+        here = await writer.execute(Raw(lambda db: threading.current_thread().name, quick=True))
+        there = await writer.execute(Raw(lambda db: threading.current_thread().name))
+        assert here == threading.current_thread().name != there
 
     with_store(tmp_path / "jobs.db", body)
 
@@ -504,4 +507,8 @@ def test_which_batches_commit_on_the_loop() -> None:
     assert runs_inline([small] * INLINE_OPS)
     assert not runs_inline([small] * (INLINE_OPS + 1))
     assert not runs_inline([RawInsert("INSERT ...", ("x" * (INLINE_BYTES + 1),))])
-    assert not runs_inline([small, Raw(lambda db: None)])  # what a Raw call costs is not known
+    assert not runs_inline([small, Raw(lambda db: None)])  # what a Raw call costs is not known ...
+    assert runs_inline([small, Raw(lambda db: None, quick=True)])  # ... unless its caller says
+    # a quick call's data counts, in tuples and dicts of parameters too
+    assert not runs_inline([Raw(lambda db: None, "UPDATE ...", {"output": b"x" * (INLINE_BYTES + 1)}, quick=True)])
+    assert not runs_inline([Raw(lambda db: None, "UPDATE ...", (1, b"x" * (INLINE_BYTES + 1)), quick=True)])
