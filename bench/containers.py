@@ -7,12 +7,18 @@ The container is bench/noop_container.py (a no-op starlette app on uvicorn) run 
 container API (``pod.containers``, a local process); "bare" is wrk against the very same process
 on its own port (read from ``/-/apis``), "inferd" is wrk against ``/<api>`` through the proxy.
 Target: at least 0.7x of direct throughput, and p50 overhead under 1 ms.
+
+Each run also reads the CPU time (user + system, from /proc) that inferd's daemon and the
+container's process group used during it, per request answered: where a 2-core machine's
+budget goes when wrk, the proxy and the container share it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -21,7 +27,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realtime import HERE, LUA, free_port, print_case, start, stop, wrk_rounds  # noqa: E402
+from realtime import HERE, LUA, free_port, group_cpu, print_case, run_wrk, start, stop, wrk_rounds  # noqa: E402
 
 API = "noop"
 
@@ -36,13 +42,15 @@ def make_project(root: Path) -> Path:
     return project
 
 
-def replica_port(inferd_url: str, timeout: float = 60) -> int:
+def replica(inferd_url: str, timeout: float = 60) -> tuple[int, int]:
+    """The ready replica's (port, container pid)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             api = httpx.get(f"{inferd_url}/-/apis").json()["apis"][0]
             if api["state"] == "ready":
-                return int(api["workers"][0]["port"])
+                worker = api["workers"][0]
+                return int(worker["port"]), int(worker["containers"][0]["pid"])
         except (httpx.TransportError, KeyError, IndexError, ValueError):
             pass
         time.sleep(0.1)
@@ -69,11 +77,26 @@ def main() -> None:
                        root / "inferd.log", {"INFERD_CONTAINER_ENGINE": "none"})
         try:
             inferd_url = f"http://127.0.0.1:{port}"
-            direct = replica_port(inferd_url)
-            rounds = wrk_rounds({"inferd": f"{inferd_url}/{API}", "bare": f"http://127.0.0.1:{direct}/"}, args, script)
+            direct, container = replica(inferd_url)
+            groups = {"daemon": inferd.pid, "container": os.getpgid(container)}
+            rounds = wrk_rounds({"inferd": f"{inferd_url}/{API}", "bare": f"http://127.0.0.1:{direct}/"}, args, script,
+                                lambda url, args, script: with_cpu(url, args, script, groups))
         finally:
             stop(inferd)
     print_case(f"container RealtimeAPI: proxy vs the container directly, wrk -c{args.connections}", rounds, 0.7)
+    print("CPU µs per request (median):", "; ".join(
+        f"{name}: " + ", ".join(f"{group} {statistics.median(one[name][f'cpu_{group}'] for one in rounds):.0f}"
+                                for group in groups) for name in rounds[0]))
+
+
+def with_cpu(url: str, args: argparse.Namespace, script: Path, groups: dict[str, int]) -> dict[str, float]:
+    """run_wrk, and the CPU each process group used during it, in µs per request answered."""
+    before = {name: group_cpu(pgid) for name, pgid in groups.items()}
+    result = run_wrk(url, args, script)
+    answered = max(result["rps"] * args.duration, 1)
+    for name, pgid in groups.items():
+        result[f"cpu_{name}"] = (group_cpu(pgid) - before[name]) * 1e6 / answered
+    return result
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -68,6 +69,9 @@ def make_project(root: Path, api: str = "noop", handler: str = "noop_handler.py"
     return project
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
 def run_wrk(url: str, args: argparse.Namespace, script: Path) -> dict[str, float]:
     out = subprocess.run(["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s",
                           "--latency", "-s", str(script), url], capture_output=True, text=True, check=True).stdout
@@ -92,6 +96,31 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                pids.append(int(entry))
+    return pids
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a process group."""
+    total = 0
+    for pid in group_pids(pgid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
 def print_case(title: str, rounds: list[dict[str, dict[str, float]]], target: float) -> None:
     """One table; with several rounds, each column is the median over the rounds, and so is the ratio."""
     print(f"\n{title}, {os.cpu_count()} CPUs" + (f", median of {len(rounds)} rounds" if len(rounds) > 1 else "") + "\n")
@@ -107,16 +136,19 @@ def print_case(title: str, rounds: list[dict[str, dict[str, float]]], target: fl
     print(f"p50 overhead: {overhead:+.2f} ms")
 
 
-def wrk_rounds(targets: dict[str, str], args: argparse.Namespace, script: Path) -> list[dict[str, dict[str, float]]]:
+def wrk_rounds(targets: dict[str, str], args: argparse.Namespace, script: Path,
+               measure: Callable[[str, argparse.Namespace, Path], dict[str, float]] | None = None
+               ) -> list[dict[str, dict[str, float]]]:
     """wrk on each of ``targets`` (name: URL) once it answers and is warmed up; ``--rounds`` times,
-    the order swapped every round."""
+    the order swapped every round. ``measure``: run_wrk, or a wrapper adding its own readings."""
+    measure = measure or run_wrk
     for url in targets.values():
         wait_for(url)
         run_wrk(url, argparse.Namespace(threads=1, connections=4, duration=2), script)  # warm-up
     rounds = []
     for n in range(args.rounds):
         order = list(targets) if n % 2 == 0 else list(reversed(targets))
-        results = {name: run_wrk(targets[name], args, script) for name in order}
+        results = {name: measure(targets[name], args, script) for name in order}
         rounds.append({name: results[name] for name in targets})
     return rounds
 

@@ -58,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from asyncapi import run_wrk  # noqa: E402  (wrk's rate, latency and error counts)
-from realtime import free_port, start  # noqa: E402  (start runs inferd from this tree)
+from realtime import free_port, group_cpu, group_pids, start  # noqa: E402  (start runs inferd from this tree)
 
 LOG_ENV = {"RUNPOD_LOG_LEVEL": "ERROR", "UVICORN_LOG_LEVEL": "warning"}
 INPUT = '{"input": {"x": 1}}'
@@ -91,7 +91,6 @@ STREAM_ITEMS, STREAM_GAP_MS, POLL_S = 50, 20, 0.005
 INFERD, SDK, SDK_RUNNER = "inferd (direct runner)", "SDK dev server", "SDK runner (handler.runner: sdk)"
 RUNSYNC_TARGET = 1.0
 SDK_RUNNER_TARGET = 50.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- processes ---
@@ -132,31 +131,6 @@ def stop(proc: subprocess.Popen) -> None:
             continue
         if not group_pids(proc.pid):
             return
-
-
-def group_pids(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                pids.append(int(entry))
-    return pids
-
-
-def group_cpu(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of a process group."""
-    total = 0
-    for pid in group_pids(pgid):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
 
 
 def wait_until_up(name: str, proc: subprocess.Popen, post_url: str, body: dict, timeout: float = 90) -> None:
