@@ -538,6 +538,15 @@ class RunPodDispatcher:
         running.stream.listener = lambda: self._heard(running)
 
     def _heard(self, running: RunningJob) -> None:
+        try:
+            self._take_result(running)
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: never into the worker channel's read callback
+            running.stream.listener = None
+            running.on_expiry = None
+            running.stop_timer()
+            self._ended(running, exc)  # logged once, as a failed job task is (_done)
+
+    def _take_result(self, running: RunningJob) -> None:
         body = running.stream.peek()
         unqueued = self._unqueued.get(running.job.id)
         if body is None or running.stop_reason is not None or unqueued is None or unqueued.row is not None:
@@ -577,17 +586,21 @@ class RunPodDispatcher:
         task = asyncio.get_running_loop().create_task(self._drive(running))
         task.add_done_callback(lambda task: self._ended(running, task))
 
-    def _ended(self, running: RunningJob, ended: asyncio.Future[None]) -> None:
+    def _ended(self, running: RunningJob, ended: asyncio.Future[None] | Exception) -> None:
         """A job followed from callbacks is over: its seat and its future, with what failed it."""
         running.release()
         self._unqueued.pop(running.job.id, None)
-        assert running.done is not None
-        if ended.cancelled():
-            running.done.cancel()
+        done = running.done
+        if done is None or done.done():
+            return
+        if isinstance(ended, Exception):
+            done.set_exception(ended)
+        elif ended.cancelled():
+            done.cancel()
         elif (error := ended.exception()) is not None:
-            running.done.set_exception(error)
+            done.set_exception(error)
         else:
-            running.done.set_result(None)
+            done.set_result(None)
 
     @staticmethod
     def _next_in_order(running: RunningJob, in_order: deque[RunningJob], ended: bool) -> None:
