@@ -26,7 +26,7 @@ async def send_bytes(send: Send, status: int, headers: RawHeaders, body: bytes) 
 
 async def send_json(send: Send, status: int, data: Any, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
     headers = [(b"content-type", b"application/json"), *extra]
-    await send_bytes(send, status, headers, _dumps(data).encode())
+    await send_bytes(send, status, headers, json_bytes(data))
 
 
 async def send_error(send: Send, status: int, api: str | None, message: str,

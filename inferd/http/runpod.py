@@ -228,7 +228,7 @@ class RunPodEndpoint:
         route = self.routes.get((scope["method"], operation))
         if route is None:
             return await self._no_route(scope["method"], operation, send)
-        if self.settings.api_keys and not key_accepted(self.settings.api_keys, presented_key(scope)):
+        if self._refuses_key(scope):
             await send_error(send, 401, self.api, "Authorization does not carry an accepted API key")
             return 401
         if (operation in ("status", "stream", "cancel", "retry")) != bool(job_id):
@@ -319,9 +319,13 @@ class RunPodEndpoint:
         None for anything else, and for a key this endpoint refuses (the ASGI path says so)."""
         if scope["method"] != "POST" or scope.get("path_params", {}).get("path", "").strip("/") != "runsync":
             return None
-        if self.settings.api_keys and not key_accepted(self.settings.api_keys, presented_key(scope)):
+        if self._refuses_key(scope):
             return None
         return self._runsync_direct
+
+    def _refuses_key(self, scope: Scope) -> bool:
+        """``runpod_api_keys`` is set and the request carries none of them."""
+        return bool(self.settings.api_keys) and not key_accepted(self.settings.api_keys, presented_key(scope))
 
     def _runsync_direct(self, exchange: DirectExchange) -> bool:
         """A /runsync that arrived whole, given to a worker (or its line) from the protocol's

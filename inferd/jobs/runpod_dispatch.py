@@ -90,7 +90,15 @@ class RunningJob:
         elif self.on_expiry is not None:
             self.timer = loop.call_at(self.expires_at, self.on_expiry)
 
-    def stop_timer(self) -> None:
+    def begin_if_first(self) -> None:
+        """Begin, unless its serial worker runs another job before it (which begins it when done)."""
+        if not self.began and (not self.serial or self.in_order[0] is self):
+            self.begin()
+
+    def detach(self) -> None:
+        """No longer followed from callbacks: no listener, no timer."""
+        self.stream.listener = None
+        self.on_expiry = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -143,9 +151,11 @@ class Feed:
     seats: Seats = field(default_factory=Seats)
     tasks: set[asyncio.Future[None]] = field(default_factory=set)
     taker: str = field(init=False)  # the worker's id in the jobs it runs (``workerId``)
+    serial: bool = field(init=False)  # its handler runs one job at a time
 
     def __post_init__(self) -> None:
         self.taker = worker_id(self.worker)
+        self.serial = self.worker.info.get("handler_kind") in SERIAL_KINDS
 
 
 def worker_id(worker: WorkerBackend) -> str:
@@ -468,38 +478,38 @@ class RunPodDispatcher:
         try:
             await self._drive(running)
         finally:
-            running.release()
-            self._unqueued.pop(running.job.id, None)
+            self._let_go(running.job, running.release)
 
     async def _never_ran(self, job: RunPodJob, release: Callable[[], None], reason: str) -> None:
         """``job``'s worker was gone before it could be sent."""
         try:
             await self._interrupted(job, reason, began=False)
         finally:
-            release()
-            self._unqueued.pop(job.id, None)
+            self._let_go(job, release)
+
+    def _let_go(self, job: RunPodJob, release: Callable[[], None]) -> None:
+        """``job`` has ended here: its seat, and its place among the unwritten jobs."""
+        release()
+        self._unqueued.pop(job.id, None)
 
     def _open(self, feed: Feed, job: RunPodJob, release: Callable[[], None]) -> RunningJob:
-        """The job sent to ``feed``'s worker (WorkerDied: it is gone), its execution timeout
-        armed unless it waits behind another job."""
+        """The job sent to ``feed``'s worker (WorkerDied: it is gone); not begun yet."""
         stream = self.pool.open_stream_on(feed.worker, protocol.Open(0, job.id, JOB_METHOD, body=job_message(job)))
-        serial = feed.worker.info.get("handler_kind") in SERIAL_KINDS
-        running = self.running[job.id] = RunningJob(job, feed.worker, stream, release, feed.seats.in_order, serial)
-        if serial:
+        running = self.running[job.id] = RunningJob(job, feed.worker, stream, release, feed.seats.in_order, feed.serial)
+        if feed.serial:
             running.in_order.append(running)
         return running
 
     async def _drive(self, running: RunningJob) -> None:
         """Follow the job to its end (or what ended it instead) and store that."""
         job, stream = running.job, running.stream
-        running.stop_timer()
+        running.detach()
         running.deadline = asyncio.timeout_at(running.expires_at)
         result = None
         try:
             async with running.deadline:  # every job in in_order is inside its deadline's block
                 try:
-                    if not running.began and (not running.serial or running.in_order[0] is running):
-                        running.begin()
+                    running.begin_if_first()
                     result = await self._follow(running)
                 finally:
                     self._left(running, result is not None)
@@ -533,17 +543,14 @@ class RunPodDispatcher:
         running.on_expiry = lambda: self._hand_to_task(running)
         running.done = asyncio.get_running_loop().create_future()
         self._track(feed, running.done)
-        if not running.serial or running.in_order[0] is running:
-            running.begin()
+        running.begin_if_first()
         running.stream.listener = lambda: self._heard(running)
 
     def _heard(self, running: RunningJob) -> None:
         try:
             self._take_result(running)
         except Exception as exc:  # noqa: BLE001 - a bug of ours: never into the worker channel's read callback
-            running.stream.listener = None
-            running.on_expiry = None
-            running.stop_timer()
+            running.detach()
             self._ended(running, exc)  # logged once, as a failed job task is (_done)
 
     def _take_result(self, running: RunningJob) -> None:
@@ -560,9 +567,7 @@ class RunPodDispatcher:
             self._hand_to_task(running)
             return
         running.stream.take()
-        running.stream.listener = None
-        running.on_expiry = None
-        running.stop_timer()
+        running.detach()
         result = self._took_result(running, message)
         self._left(running, True)
         status, output, error = result_fields(result, output)
@@ -579,17 +584,14 @@ class RunPodDispatcher:
 
     def _hand_to_task(self, running: RunningJob) -> None:
         if running.on_expiry is None:
-            return  # handed over already
-        running.stream.listener = None
-        running.on_expiry = None
-        running.stop_timer()
+            return  # handed over already (detached)
+        running.detach()
         task = asyncio.get_running_loop().create_task(self._drive(running))
         task.add_done_callback(lambda task: self._ended(running, task))
 
     def _ended(self, running: RunningJob, ended: asyncio.Future[None] | Exception) -> None:
         """A job followed from callbacks is over: its seat and its future, with what failed it."""
-        running.release()
-        self._unqueued.pop(running.job.id, None)
+        self._let_go(running.job, running.release)
         done = running.done
         if done is None or done.done():
             return
@@ -656,10 +658,7 @@ class RunPodDispatcher:
             self.pool.retire(running.worker, "the handler asked for a fresh worker (refresh_worker)",
                              drain=self.pool.config.stop_timeout)
         if finished is not None:
-            delay_ms, execution_ms = finished.delay_ms, finished.execution_ms
-            log.info("runpod_job_finished", api=self.api, request_id=finished.id, status=finished.status,
-                     delay_ms=delay_ms, execution_ms=execution_ms)
-            self._finished(finished, delay_ms, execution_ms)
+            self._finished(finished, logged=True)
 
     async def _timed_out(self, running: RunningJob) -> None:
         job = running.job
@@ -673,9 +672,14 @@ class RunPodDispatcher:
         if finished is not None:
             self._finished(finished)
 
-    def _finished(self, job: RunPodJob, delay_ms: int | None = None, execution_ms: int | None = None) -> None:
-        self._delays.observe((job.delay_ms if delay_ms is None else delay_ms) / 1000)
-        self._executions.observe((job.execution_ms if execution_ms is None else execution_ms) / 1000)
+    def _finished(self, job: RunPodJob, logged: bool = False) -> None:
+        """``job`` is final: its times observed (``logged``: and a ``runpod_job_finished`` line)."""
+        delay_ms, execution_ms = job.delay_ms, job.execution_ms
+        if logged:
+            log.info("runpod_job_finished", api=self.api, request_id=job.id, status=job.status,
+                     delay_ms=delay_ms, execution_ms=execution_ms)
+        self._delays.observe(delay_ms / 1000)
+        self._executions.observe(execution_ms / 1000)
         self.on_finished(job)
 
     async def _interrupted(self, job: RunPodJob, reason: str, began: bool) -> None:

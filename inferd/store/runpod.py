@@ -90,10 +90,14 @@ class RunPodJob:
 
     def to_status_json(self) -> dict[str, Any]:
         """RunPod's job object (spec §4.3), as /status answers it."""
-        body = self._times()
+        body: dict[str, Any] = {"id": self.id, "status": self.status, "delayTime": self.delay_ms,
+                                "executionTime": self.execution_ms}
         if self.output is not None:
             body["output"] = json.loads(self.output)
-        body.update(self._ends())
+        if self.error is not None:
+            body["error"] = self.error
+        if self.worker_id is not None:
+            body["workerId"] = self.worker_id
         return body
 
     def status_body(self) -> bytes:
@@ -109,17 +113,6 @@ class RunPodJob:
         if self.output is None:
             return (head + tail).encode()
         return head.encode() + b',"output":' + self.output + tail.encode()
-
-    def _times(self) -> dict[str, Any]:
-        return {"id": self.id, "status": self.status, "delayTime": self.delay_ms, "executionTime": self.execution_ms}
-
-    def _ends(self) -> dict[str, Any]:
-        ends: dict[str, Any] = {}
-        if self.error is not None:
-            ends["error"] = self.error
-        if self.worker_id is not None:
-            ends["workerId"] = self.worker_id
-        return ends
 
 
 # a string as json.dumps(..., ensure_ascii=False) writes it, the body's other values being numbers
@@ -315,12 +308,10 @@ class RunPodJobStore:
         """A /runsync job as ``submit`` would have queued it, or (given ``worker_id``) as a claim
         by that worker would have left it; not written."""
         now = self._clock()
-        job_id = f"sync-{random_ids.uuid4()}"
-        if worker_id is None:
-            return RunPodJob(job_id, api, IN_QUEUE, bytes(job_input), webhook, execution_timeout_ms, ttl_ms,
-                             True, None, None, 0, 0, None, now, None, None, now)
-        return RunPodJob(job_id, api, IN_PROGRESS, bytes(job_input), webhook, execution_timeout_ms, ttl_ms,
-                         True, None, None, 1, 0, worker_id, now, now, None, now)
+        claimed = worker_id is not None
+        return RunPodJob(f"sync-{random_ids.uuid4()}", api, IN_PROGRESS if claimed else IN_QUEUE, bytes(job_input),
+                         webhook, execution_timeout_ms, ttl_ms, True, None, None, int(claimed), 0, worker_id,
+                         now, now if claimed else None, None, now)
 
     def handed_over(self, job: RunPodJob, worker_id: str) -> RunPodJob:
         """An unwritten job as a claim by ``worker_id`` would have left it, now."""

@@ -14,8 +14,8 @@ Operations on the hot path run on the raw sqlite3 connection, inside aiosqlite's
 A batch made only of those is ONE hop to the driver thread: BEGIN IMMEDIATE, every statement,
 COMMIT (SQLAlchemy's adapter would make about three hops per statement, and compile each).
 A small batch of RawInserts and quick Raw calls (``runs_inline``: a few rows, a few hundred
-KiB) makes no hop at all: it runs on the event loop's own thread, on the same connection (the writer never uses it
-from two threads at once). Measured on 2 cores under load, a hop to the driver thread and back
+KiB) makes no hop at all: it runs on the event loop's own thread, on the same connection (the
+writer never uses it from two threads at once). Measured on 2 cores under load, a hop to the driver thread and back
 took ~2.7 ms (the thread waits for a CPU and for the GIL), while the batch's own work takes
 tens of µs: every /runsync and AsyncAPI submit waited for those hops. With the loop committing,
 SQLite's automatic checkpoint (copying the WAL into the database and syncing the file) would
@@ -228,12 +228,9 @@ class GroupCommitWriter:
                         continue
                     ops = [operation for operation, _ in batch]
                     if runs_inline(ops):
-                        self._record(batch, *_raw_batch(self._db, ops))  # type: ignore[arg-type]  # RawInserts
+                        self._record(batch, *_raw_batch(self._db, ops))  # type: ignore[arg-type]  # all raw
                     elif all(isinstance(operation, _RAW) for operation in ops):
-                        outcomes, commits, fell_back = await in_driver_thread(
-                            self._driver, _raw_batch, [operation for operation in ops if isinstance(operation, _RAW)],
-                        )
-                        self._record(batch, outcomes, commits, fell_back)
+                        self._record(batch, *await in_driver_thread(self._driver, _raw_batch, ops))
                     else:
                         await self._conn.run_sync(self._commit_batch, batch)
                 except BaseException:
