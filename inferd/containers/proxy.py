@@ -76,20 +76,20 @@ class ContainerProxy:
     def _direct(self, exchange: DirectExchange) -> bool:
         """Send the request now if nothing needs waiting for; False leaves it to ``__call__``."""
         scope = exchange.scope
-        rid, length, chunked, named = _request_facts(scope["headers"])
+        rid, length, chunked, fields = _request_facts(scope["headers"])
         if chunked or (length is not None and (not length.isdigit() or int(length) > self.max_body_size)):
             return False
-        replica = self._free_replica()
-        if replica is None:
+        replica = self._choose()
+        if replica is None or not replica.take_place():
             return False
         rid = rid or new_request_id().encode()
         conn = replica.upstream.idle_connection() if replica.upstream is not None else None
         if conn is None:  # the replica's first requests: a connection to open, in a task
             exchange.continue_async(lambda receive, send: self.recorder.record(
-                self._forward_inside(replica, scope, receive, send, rid, length, named)))
+                self._forward_inside(replica, scope, receive, send, rid, length, fields)))
             return True
         try:
-            conn.write(self._head(scope, rid, length, False, named) + exchange.body)
+            conn.write(self._head(scope, fields, rid, length, False) + exchange.body)
         except UpstreamGone:
             replica.leave(True)
             return False
@@ -97,23 +97,10 @@ class ContainerProxy:
         conn.on_head = lambda: self._direct_answer(exchange, replica, conn, rid, started)
         return True
 
-    def _free_replica(self) -> ContainerReplica | None:
-        """The replica ``_pick`` would choose, admitted and inside, if it has a free place now."""
-        ready = [w for w in self.pool.ready_workers() if isinstance(w, ContainerReplica)]
-        if not ready:
-            return None
-        replica = self._choose(ready)
-        if replica.state == "exited" or not replica.admit():
-            return None
-        if not replica.try_enter():
-            replica.leave(False)
-            return None
-        return replica
-
     def _direct_answer(self, exchange: DirectExchange, replica: ContainerReplica, conn: UpstreamConnection,
                        rid: bytes, started: float) -> None:
         """The container's head is here (or its connection failed): answer whole, or hand over."""
-        failed = conn.head.exception()
+        failed = conn.head_failure
         if failed is not None:
             conn.close()
             if conn.reused and not conn.got_bytes:
@@ -121,24 +108,21 @@ class ContainerProxy:
                 self._direct_end(replica, started, 0)
                 exchange.fallback()
                 return
-            why = str(failed)
             exchange.continue_async(lambda receive, send: self._direct_rest(
-                replica, started, self._bad_gateway(send, replica, why, rid)))
+                replica, started, self._bad_gateway(send, replica, failed, rid)))
             return
         if not conn.complete:  # a streamed (or large) answer: relayed piece by piece
             exchange.continue_async(lambda receive, send: self._direct_rest(
                 replica, started, self._relay(replica, conn, None, receive, send, rid)))
             return
         status = conn.status
-        headers = _response_headers(conn.headers)
         body = conn.whole_body()
-        if status not in (204, 304) and not any(name == b"content-length" for name, _ in headers):
-            headers.append((b"content-length", b"%d" % len(body)))  # it came chunked (hop-by-hop, dropped)
+        fields = _answer_fields(conn.headers, status, len(body))
         if replica.upstream is not None:
             replica.upstream.release(conn)
         else:
             conn.close()
-        exchange.answer(status, headers, body)
+        exchange.answer_fields(status, fields, body)
         self._direct_end(replica, started, status)
 
     async def _direct_rest(self, replica: ContainerReplica, started: float, serve: Awaitable[int]) -> None:
@@ -153,16 +137,16 @@ class ContainerProxy:
         self.recorder.end(started, status)
 
     async def _forward_inside(self, replica: ContainerReplica, scope: Scope, receive: Receive, send: Send,
-                              rid: bytes, length: bytes | None, named: set[bytes]) -> int:
+                              rid: bytes, length: bytes | None, fields: list[bytes]) -> int:
         try:
-            return await self._forward(replica, scope, receive, send, rid, length, False, named)
+            return await self._forward(replica, scope, receive, send, rid, length, False, fields)
         finally:
             replica.leave(True)
 
     # -- one request -------------------------------------------------------------------------
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int:
-        rid, length, chunked, connection_named = _request_facts(scope["headers"])
+        rid, length, chunked, fields = _request_facts(scope["headers"])
         rid = rid or new_request_id().encode()
         rid_header = [(b"x-request-id", rid)]
         if length is not None and (not length.isdigit() or int(length) > self.max_body_size):
@@ -180,26 +164,38 @@ class ContainerProxy:
         try:
             await replica.enter()
             entered = True
-            return await self._forward(replica, scope, receive, send, rid, length, chunked, connection_named)
+            return await self._forward(replica, scope, receive, send, rid, length, chunked, fields)
         finally:
             replica.leave(entered)
 
     async def _pick(self) -> ContainerReplica:
-        pool = self.pool
-        ready = [w for w in (pool.ready_workers() or await self._wait_ready()) if isinstance(w, ContainerReplica)]
-        if not ready:
+        replica = self._choose()
+        if replica is None:
+            await self._wait_ready()
+            replica = self._choose()
+        if replica is None:
             raise ApiUnavailable(f"api '{self.api}' has no ready replica")
-        replica = self._choose(ready)
         if not replica.admit():
             pod = replica.pod
-            raise ReplicaFull(f"api '{self.api}' is at capacity: {len(ready)} replica(s) x (pod.max_concurrency "
+            ready = sum(1 for w in self.pool.workers if isinstance(w, ContainerReplica) and w.state == "ready")
+            raise ReplicaFull(f"api '{self.api}' is at capacity: {ready} replica(s) x (pod.max_concurrency "
                               f"{pod.max_concurrency} + pod.max_queue_length {pod.max_queue_length}) requests admitted")
         return replica
 
-    def _choose(self, ready: list[ContainerReplica]) -> ContainerReplica:
+    def _choose(self) -> ContainerReplica | None:
         """The ready replica with the fewest admitted requests; ties go round the replicas."""
-        self._turn = (self._turn + 1) % len(ready)
-        return min(ready[self._turn:] + ready[:self._turn], key=lambda r: r.in_flight)
+        workers = self.pool.workers
+        count = len(workers)
+        if not count:
+            return None
+        self._turn = turn = (self._turn + 1) % count
+        best: ContainerReplica | None = None
+        for index in range(turn, turn + count):
+            worker = workers[index % count]
+            if isinstance(worker, ContainerReplica) and worker.state == "ready" and \
+                    (best is None or worker.in_flight < best.in_flight):
+                best = worker
+        return best
 
     async def _wait_ready(self) -> list[WorkerBackend]:
         """No replica is ready: while one is only out of rotation for now (a failing readiness
@@ -213,16 +209,15 @@ class ContainerProxy:
             await asyncio.sleep(RECOVERY_POLL)
         return pool.ready_workers() or await pool.wait_ready_workers()
 
-    def _head(self, scope: Scope, rid: bytes, length: bytes | None, chunked: bool, named: set[bytes]) -> bytes:
+    def _head(self, scope: Scope, fields: list[bytes], rid: bytes, length: bytes | None, chunked: bool) -> bytes:
+        """The request's head as the container gets it; ``fields``: the client's headers it keeps."""
         raw = scope.get("raw_path") or scope["path"].encode("latin-1")
         path = raw[len(self.endpoint):] if raw.startswith(self.endpoint) else b"/" + scope["path_params"]["path"].encode()
         if not path.startswith(b"/"):
             path = b"/" + path
         query = scope["query_string"]
-        lines = [scope["method"].encode("latin-1"), b" ", path, b"?" + query if query else b"", b" HTTP/1.1\r\n"]
-        for name, value in scope["headers"]:
-            if name not in _REQUEST_DROP and name not in named:
-                lines += [name, b": ", value, b"\r\n"]
+        lines = [scope["method"].encode("latin-1"), b" ", path, b"?" + query if query else b"", b" HTTP/1.1\r\n",
+                 *fields]
         client = scope.get("client")
         if client:
             lines += [b"x-forwarded-for: ", str(client[0]).encode("latin-1"), b"\r\n"]
@@ -235,11 +230,11 @@ class ContainerProxy:
         return b"".join(lines)
 
     async def _forward(self, replica: ContainerReplica, scope: Scope, receive: Receive, send: Send, rid: bytes,
-                       length: bytes | None, chunked: bool, named: set[bytes]) -> int:
+                       length: bytes | None, chunked: bool, fields: list[bytes]) -> int:
         upstream = replica.upstream
         if upstream is None or replica.state == "exited":
             return await self._bad_gateway(send, replica, "the replica is gone", rid)
-        head = self._head(scope, rid, length, chunked, named)
+        head = self._head(scope, fields, rid, length, chunked)
         has_body = chunked or (length is not None and length != b"0")
         first: Message | None = await receive() if has_body else None
         if first is not None and first["type"] == "http.disconnect":
@@ -344,23 +339,31 @@ class ContainerProxy:
         return 502
 
 
-def _request_facts(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, bool, set[bytes]]:
+def _request_facts(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, bool, list[bytes]]:
     """What the proxy reads of a request's headers: the client's usable request id, its
-    Content-Length, whether its body is chunked, and the headers its Connection names."""
+    Content-Length, whether its body is chunked, and the header lines it passes on (not the
+    hop-by-hop ones, nor those its Connection names), serialized."""
     rid: bytes | None = None
     length: bytes | None = None
     chunked = False
     named: set[bytes] = set()
+    fields: list[bytes] = []
     for name, value in headers:
-        if name == b"x-request-id" and REQUEST_ID.match(value):
-            rid = value
+        if name not in _REQUEST_DROP:
+            fields += (name, b": ", value, b"\r\n")
+        elif name == b"x-request-id":
+            if REQUEST_ID.match(value):
+                rid = value
         elif name == b"content-length":
             length = value
         elif name == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
         elif name == b"connection":
             named.update(part.strip().lower() for part in value.split(b","))
-    return rid, length, chunked, named
+    if named:
+        fields = [part for name, value in headers if name not in _REQUEST_DROP and name not in named
+                  for part in (name, b": ", value, b"\r\n")]
+    return rid, length, chunked, fields
 
 
 def _frame(body: bytes, chunked: bool, last: bool) -> bytes:
@@ -368,6 +371,24 @@ def _frame(body: bytes, chunked: bool, last: bool) -> bytes:
         return body
     piece = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
     return piece + (b"0\r\n\r\n" if last else b"")
+
+
+def _answer_fields(headers: list[tuple[bytes, bytes]], status: int, length: int) -> list[bytes]:
+    """A whole answer's headers as the client gets them, serialized: those ``_response_headers``
+    drops left out, and a Content-Length for a body that came chunked (that framing is hop-by-hop)."""
+    fields: list[bytes] = []
+    framed = status in (204, 304)
+    for name, value in headers:
+        if name in _RESPONSE_DROP:
+            if name == b"connection":  # it may name more to drop: filtered first, then as ever
+                return _answer_fields(_response_headers(headers), status, length)
+            continue
+        if name == b"content-length":
+            framed = True
+        fields += (name, b": ", value, b"\r\n")
+    if not framed:
+        fields += (b"content-length: ", b"%d" % length, b"\r\n")
+    return fields
 
 
 def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -451,9 +451,13 @@ class ContainerReplica:
         """After ``admit``: wait for one of the ``max_concurrency`` places (``leave`` in any case)."""
         await self._inside.take()
 
-    def try_enter(self) -> bool:
-        """After ``admit``: one of the places if one is free now (``leave`` with its answer)."""
-        return self._inside.try_take()
+    def take_place(self) -> bool:
+        """``admit`` and a place inside at once, if one is free now (``leave(True)`` with its answer);
+        False takes nothing."""
+        if self.state != "ready" or self.in_flight >= self.capacity or not self._inside.try_take():
+            return False
+        self.admit_unbounded()
+        return True
 
     def leave(self, entered: bool) -> None:
         if entered:

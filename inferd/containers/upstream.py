@@ -36,14 +36,13 @@ class UpstreamConnection(asyncio.Protocol):
         """Ready for the next exchange; ``head_only``: its answer has no body (HEAD)."""
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
-        self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._head: asyncio.Future[None] | None = None  # made when awaited (``head``)
         self.chunks: list[bytes] = []
         self.buffered = 0
         self.complete = False
         self.error: str | None = None
         self.keep_alive = False
         self.got_bytes = False
-        self.delimited_by_close = False
         self.head_only = head_only
         self._wake: asyncio.Future[None] | None = None
         # called once, at the end of the read that brought the head (or the failure): the direct
@@ -66,7 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.head.done() and not self.complete and self.delimited_by_close and self.error is None:
+        if self.status and not self.complete and self.delimited_by_close and self.error is None:
             self.complete = True  # a body without length ends with the connection
             self._poke()
         elif not self.complete:
@@ -76,7 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._tell_head()
 
     def _tell_head(self) -> None:
-        if self.on_head is not None and self.head.done():
+        if self.on_head is not None and (self.status or self.error is not None):
             on_head, self.on_head = self.on_head, None
             on_head()
 
@@ -100,13 +99,11 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.status = status
         self.keep_alive = bool(self.parser.should_keep_alive())
-        framed = any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
-        self.delimited_by_close = not framed and status not in (204, 304)
         if self.head_only:
             self.complete = True
             self.keep_alive = False  # the parser would wait for a body the answer to HEAD has not
-        if not self.head.done():
-            self.head.set_result(None)
+        if self._head is not None:
+            self._settle_head()
 
     def on_body(self, body: bytes) -> None:
         if self.head_only:
@@ -128,10 +125,38 @@ class UpstreamConnection(asyncio.Protocol):
     def _fail(self, message: str) -> None:
         if self.error is None:
             self.error = message
-        if not self.head.done():
-            self.head.set_exception(UpstreamGone(message))
-            self.head.exception()  # retrieved: a request that stopped waiting leaves no warning
+        if self._head is not None:
+            self._settle_head()
         self._poke()
+
+    @property
+    def delimited_by_close(self) -> bool:
+        """The answer's body has no length and no chunks: it ends when the connection does."""
+        return self.status not in (204, 304) and not any(
+            name in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
+
+    @property
+    def head(self) -> asyncio.Future[None]:
+        """Done once the answer's head is here; ``UpstreamGone`` when the connection failed first."""
+        if self._head is None:
+            self._head = asyncio.get_running_loop().create_future()
+            self._settle_head()
+        return self._head
+
+    @property
+    def head_failure(self) -> str | None:
+        """Why the answer's head will never come, once that is known (``head`` would raise it)."""
+        return self.error if not self.status else None
+
+    def _settle_head(self) -> None:
+        head = self._head
+        if head is None or head.done():
+            return
+        if self.status:
+            head.set_result(None)
+        elif self.error is not None:
+            head.set_exception(UpstreamGone(self.error))
+            head.exception()  # retrieved: a request that stopped waiting leaves no warning
 
     def _poke(self) -> None:
         if self._wake is not None and not self._wake.done():

@@ -76,6 +76,9 @@ class InferdApp:
         if self.hosts.checked and host_refusal(self.hosts, host_header(scope)) is not None:
             return None
         path = scope["path"]
+        finder = self.table.direct_exact.get(path)
+        if finder is not None:
+            return finder(scope)
         if path.startswith("/-/"):
             return None
         endpoint, rest = self.table.match(path)

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferd.http.protocol import DirectHandler
 from inferd.http.responses import RawHeaders, send_error
-from inferd.http.routing import direct_handler
+from inferd.http.routing import DirectFinder
 from inferd.spec.sections import ANY_ORIGIN
 
 ALLOW_ORIGIN = b"access-control-allow-origin"
@@ -142,12 +142,13 @@ class CorsApp:
         self.app = app
         self.policy = policy
         self.api = api
+        self._direct: DirectFinder | None = getattr(app, "direct", None)
 
     def direct(self, scope: Scope) -> DirectHandler | None:
         """The app's direct handler where CORS has nothing to do: the same test as ``__call__``'s."""
-        if self.policy.origins or has_origin(scope["headers"]):
+        if self._direct is None or self.policy.origins or has_origin(scope["headers"]):
             return None
-        return direct_handler(self.app, scope)
+        return self._direct(scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The hot path: no Origin (no browser page behind it) and no Vary to add goes straight in.

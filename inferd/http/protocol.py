@@ -29,14 +29,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httptools
 from starlette.types import Receive, Scope, Send
 from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
@@ -123,53 +126,93 @@ class HeldHead:
         return self.transport.is_closing()
 
 
-class DirectExchange:
+class _NoWaiter:
+    """A direct exchange's message event while nothing can wait on it (no ASGI task yet)."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+NO_WAITER = _NoWaiter()
+
+
+class DirectExchange(RequestResponseCycle):
     """A request offered to its route's direct handler once it has arrived whole in one read.
 
     The handler either declines (returns False: the request takes the ASGI path, as if never
     offered) or takes it and, later, ends it with ``answer`` (the whole answer, one write),
     ``fallback`` (nothing sent yet: the ASGI path after all) or ``continue_async`` (what needs a
-    task, such as a streamed answer, with the cycle's own ``receive`` and ``send``)."""
+    task, such as a streamed answer, with the cycle's own ``receive`` and ``send``).
 
-    __slots__ = ("protocol", "cycle", "app")
+    It is the connection's request cycle itself, made with only what the direct road reads: the
+    rest of uvicorn's cycle (its event, flow control, loggers) is made when an ASGI task takes
+    it over (``_start``), which most direct requests never need."""
 
-    def __init__(self, protocol: InferdHttpProtocol, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+    scope: Scope  # type: ignore[assignment]  # the handlers' view: starlette's Scope
+
+    def __init__(self, protocol: InferdHttpProtocol, scope: Scope, handler: DirectHandler) -> None:
+        # not RequestResponseCycle.__init__: see _start
         self.protocol = protocol
-        self.cycle = cycle
-        self.app = app
-
-    @property
-    def scope(self) -> Scope:
-        return self.cycle.scope  # type: ignore[return-value]
-
-    @property
-    def body(self) -> bytearray:
-        """The whole body as read (uvicorn's buffer, not a copy)."""
-        return self.cycle.body
+        self.scope = scope
+        self.handler = handler
+        self.keep_alive = True  # the protocol decides the close (InferdHttpProtocol._closing)
+        self.disconnected = False
+        self.body = bytearray()
+        self.more_body = True
+        self.response_started = False
+        self.response_complete = False
+        self.message_event = NO_WAITER  # type: ignore[assignment]
+        self.on_response = protocol.on_response_complete
 
     def answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """The whole answer, with the server's default headers (Date) as uvicorn would add them."""
-        cycle = self.cycle
-        cycle.response_started = True
-        if not cycle.disconnected:
+        fields: list[bytes] = []
+        for name, value in headers:
+            fields += (name, b": ", value, b"\r\n")
+        self.answer_fields(status, fields, body)
+
+    def answer_fields(self, status: int, fields: list[bytes], body: bytes) -> None:
+        """``answer`` with its headers already serialized: ``name: value\\r\\n`` pieces."""
+        protocol = self.protocol
+        self.response_started = True
+        if not self.disconnected:
             lines = [STATUS_LINE[status]]
-            for name, value in (*cycle.default_headers, *headers):
-                lines += [name, b": ", value, b"\r\n"]
-            if self.protocol.closes_after_answer:
+            for name, value in protocol.server_state.default_headers:
+                lines += (name, b": ", value, b"\r\n")
+            lines += fields
+            if protocol.closes_after_answer:
                 lines.append(b"connection: close\r\n")
-            lines += [b"\r\n", body]
-            self.protocol.transport.write(b"".join(lines))
-        cycle.response_complete = True
-        cycle.message_event.set()
-        cycle.on_response()
+            lines += (b"\r\n", body)
+            protocol.transport.write(b"".join(lines))
+        self.response_complete = True
+        self.on_response()
 
     def fallback(self) -> None:
-        self.protocol.start_asgi(self.cycle, self.app)
+        self._start(self.protocol.app)
 
     def continue_async(self, rest: Callable[[Receive, Send], Awaitable[None]]) -> None:
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             await rest(receive, send)
-        self.protocol.start_asgi(self.cycle, app)  # type: ignore[arg-type]
+        self._start(app)  # type: ignore[arg-type]
+
+    def _start(self, app: ASGI3Application) -> None:
+        """The rest of a RequestResponseCycle, then its task."""
+        protocol = self.protocol
+        self.transport = HeldHead(protocol.transport, protocol.loop)  # type: ignore[assignment]
+        self.flow = protocol.flow
+        self.logger = protocol.logger
+        self.access_logger = protocol.access_logger
+        self.access_log = protocol.access_log
+        self.default_headers = protocol.server_state.default_headers
+        self.waiting_for_100_continue = False
+        self.chunked_encoding = None
+        self.expected_content_length = 0
+        self.message_event = asyncio.Event()
+        if self.body or not self.more_body or self.disconnected:
+            self.message_event.set()
+        protocol.start_asgi(self, app)
 
 
 DirectHandler = Callable[[DirectExchange], bool]
@@ -188,8 +231,7 @@ class InferdHttpProtocol(HttpToolsProtocol):
         self.limits = limits
         self.idle = idle
         self.direct = direct
-        self._offering = False         # inside on_headers_complete: a new (not pipelined) request starts
-        self._held: tuple[DirectExchange, DirectHandler] | None = None  # offered once it has arrived whole
+        self._held: DirectExchange | None = None  # offered once it has arrived whole
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._deadline = 0.0
@@ -238,9 +280,20 @@ class InferdHttpProtocol(HttpToolsProtocol):
             return  # lingering: what a rejected client still sends is dropped unparsed
         self._read_size = len(data)
         self._began = False
-        super().data_received(data)
+        # uvicorn's own, inline (this runs for every read)
+        if self.timeout_keep_alive_task is not None:
+            self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
         if self._held is not None:  # its body goes on past this read: the ASGI path reads the rest
-            exchange, _ = self._held
+            exchange = self._held
             self._held = None
             if not (self._rejected or self.transport.is_closing()):
                 exchange.fallback()
@@ -271,12 +324,19 @@ class InferdHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if self._rejected:
             return
-        super().on_message_begin()
+        # uvicorn's own
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = {
+            "type": "http", "asgi": {"version": self.asgi_version, "spec_version": "2.3"}, "http_version": "1.1",
+            "server": self.server, "client": self.client, "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path, "headers": self.headers, "state": self.app_state.copy()}
         self._in_message = self._in_head = True
         self._head_bytes = 0
         self._began = True
         self.idle.mark(self, False)
-        self._disarm()  # the idle connection's timer: a request is being read now
+        self._on_deadline = None  # the idle connection's timer (_disarm): a request is being read now
 
     def on_headers_complete(self) -> None:
         if self._rejected:
@@ -286,58 +346,89 @@ class InferdHttpProtocol(HttpToolsProtocol):
         if self._head_bytes + self._read_size > self.limits.max_header_size and self._head_size() > self.limits.max_header_size:
             self._reject_head()
             return
-        self._offering = self.direct is not None
-        try:
-            super().on_headers_complete()
-        finally:
-            self._offering = False
+        # uvicorn's own, but for the cycle it makes: a direct exchange where the route has one
+        parser = self.parser
+        http_version = parser.get_http_version()
+        scope = self.scope
+        method = scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path if self.root_path else raw_path
+        scope["query_string"] = parsed_url.query or b""
         # uvicorn closes right after the answer when the client asked for "connection: close";
         # the close is ours to make, once any body still arriving has been read and dropped
-        self._closing.append(not self.cycle.keep_alive)
-        self.cycle.keep_alive = True
-        if self.cycle.scope["method"] != "HEAD":  # an answer to HEAD has no body write to ride on
-            self.cycle.transport = HeldHead(self.transport, self.loop)  # type: ignore[assignment]
+        self._closing.append(http_version == "1.0" or not parser.should_keep_alive())
+        fresh = self.cycle is None or self.cycle.response_complete  # else pipelined behind an answer to come
+        handler = self._direct_handler(method) if fresh else None
+        if handler is not None:  # offered once it has arrived whole
+            self.cycle = self._held = DirectExchange(self, scope, handler)  # type: ignore[arg-type]
+            return
+        self.cycle = RequestResponseCycle(
+            scope=scope, transport=self.transport if method == "HEAD" else HeldHead(self.transport, self.loop),  # type: ignore[arg-type]
+            flow=self.flow, logger=self.logger, access_logger=self.access_logger, access_log=self.access_log,
+            default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue, keep_alive=True, on_response=self.on_response_complete)
+        if fresh:
+            self.start_asgi(self.cycle, self.app)
+        else:
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, self.app))
 
     def on_body(self, body: bytes) -> None:
         if self._rejected:
             return
-        if self.cycle is not None and self.cycle.response_complete and time.monotonic() > self._discard_until:
-            self._close(f"request body still arriving {self.limits.body_timeout:g}s after the answer")
+        cycle = self.cycle
+        if cycle.response_complete:
+            if time.monotonic() > self._discard_until:
+                self._close(f"request body still arriving {self.limits.body_timeout:g}s after the answer")
             return
-        super().on_body(body)
+        # uvicorn's own
+        if self.parser.should_upgrade() and self._should_upgrade():
+            return
+        cycle.body += body
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         if self._rejected:
             return
         self._in_message = False
-        self._disarm()
-        super().on_message_complete()
+        self._on_deadline = None  # _disarm
+        cycle = self.cycle
+        if not cycle.response_complete and not (self.parser.should_upgrade() and self._should_upgrade()):
+            cycle.more_body = False  # uvicorn's own
+            cycle.message_event.set()
         if self._held is not None:
-            self._offer(*self._held)
+            self._offer(self._held)
         if self._close_when_read and self.cycle.response_complete:
             self._close("request done")
         self._mark_idle_if_done()
 
     # -- direct exchanges -------------------------------------------------------------------------
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
-        # uvicorn starts every request's task here (pipelined ones later, from on_response_complete);
-        # a request whose route answers directly waits instead until it has arrived whole
-        if self._offering and self.direct is not None and not self.expect_100_continue \
-                and cycle.scope["method"] != "HEAD":
-            handler = self.direct.direct_handler(cycle.scope)  # type: ignore[arg-type]
-            if handler is not None:
-                self._held = (DirectExchange(self, cycle, app), handler)
-                return
-        super()._start_asgi_task(cycle, app)
+    def _direct_handler(self, method: str) -> DirectHandler | None:
+        """The handler of the route that answers this request directly, if it has one; an answer
+        to HEAD has no body write, and Expect: 100-continue waits on the ASGI path's first read."""
+        if self.direct is None or self.expect_100_continue or method == "HEAD":
+            return None
+        return self.direct.direct_handler(self.scope)  # type: ignore[arg-type]
 
     def start_asgi(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         super()._start_asgi_task(cycle, app)
 
-    def _offer(self, exchange: DirectExchange, handler: DirectHandler) -> None:
+    def _offer(self, exchange: DirectExchange) -> None:
         self._held = None
         try:
-            taken = handler(exchange)
+            taken = exchange.handler(exchange)
         except Exception:
             # a bug of ours, raised inside the parser's callback: never let it become the parser's error
             log.exception("direct_exchange_failed", path=exchange.scope["path"])
@@ -365,11 +456,13 @@ class InferdHttpProtocol(HttpToolsProtocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        self._unset_keepalive_if_required()
-        self.flow.resume_reading()
+        if self.timeout_keep_alive_task is not None:
+            self._unset_keepalive_if_required()
+        if self.flow.read_paused:
+            self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
+            self.start_asgi(cycle, app)
         self._mark_idle_if_done()
 
     def _mark_idle_if_done(self) -> None:

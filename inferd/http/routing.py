@@ -7,7 +7,7 @@ prefix first, and the app of a mount sees the rest of the path in ``scope["path_
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Scope
@@ -54,6 +54,9 @@ class RouteTable:
                     raise DuplicateRoute(f"two APIs are mounted at {prefix}")
                 mounts[prefix] = route.app
         self.mounts = sorted(mounts.items(), key=lambda item: len(item[0]), reverse=True)
+        # the direct finder of each exact route that has one: a request on the direct road looks up once
+        self.direct_exact: dict[str, DirectFinder] = {
+            path: app.direct for path, app in self.exact.items() if answers_directly(app) and hasattr(app, "direct")}
         # decided once per table: with no such route, requests are never looked up twice
         self.has_direct = any(answers_directly(app) for app in (*self.exact.values(), *mounts.values()))
 
@@ -80,6 +83,9 @@ def answers_directly(app: ASGIApp) -> bool:
             return True
         current = getattr(current, "app", None)
     return False
+
+
+DirectFinder = Callable[[Scope], DirectHandler | None]
 
 
 def direct_handler(app: ASGIApp, scope: Scope) -> DirectHandler | None:

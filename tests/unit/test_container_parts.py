@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,12 @@ from inferd.containers.engine import Engine, EngineRun, exec_argv, find_engine, 
 from inferd.containers.expand import expand
 from inferd.containers.launch import ReplicaPlace, plan_container, split_gpus
 from inferd.containers.probes import ProbeTarget, attempt, timing
+from inferd.containers.proxy import ContainerProxy, _answer_fields, _request_facts
+from inferd.containers.replica import ContainerReplica
 from inferd.containers.upstream import UpstreamGone, UpstreamPool
 from inferd.kinds import unsupported_reason
 from inferd.kinds.containers import base_url
+from inferd.metrics import Metrics
 from inferd.settings import Settings
 from inferd.spec import SpecError, load_project
 from inferd.spec.model import ComputeSpec, ContainerSpec, ProbeSpec
@@ -266,3 +270,53 @@ def test_image_without_command_is_refused_without_an_engine(tmp_path, monkeypatc
     assert unsupported_reason(project.api("jobs")) is None  # a command: a local process, engine or not
     monkeypatch.setattr("inferd.kinds.containers.find_engine", lambda: Engine("podman", "podman"))
     assert unsupported_reason(project.api("web")) is None
+
+
+# -- the proxy's header handling and replica choice ----------------------------------------------
+
+def test_answer_fields_drop_hop_by_hop_date_and_what_connection_names():
+    headers = [(b"content-type", b"application/json"), (b"date", b"then"), (b"connection", b"keep-alive, x-hop"),
+               (b"x-hop", b"1"), (b"keep-alive", b"timeout=5"), (b"x-kept", b"yes"), (b"content-length", b"2")]
+    assert b"".join(_answer_fields(headers, 200, 2)) == \
+        b"content-type: application/json\r\nx-kept: yes\r\ncontent-length: 2\r\n"
+
+
+@pytest.mark.parametrize(("status", "added"), [(200, b"content-length: 5\r\n"), (204, b""), (304, b"")])
+def test_an_answer_that_came_chunked_gets_a_length_where_it_may_have_a_body(status, added):
+    headers = [(b"transfer-encoding", b"chunked"), (b"x-a", b"1")]
+    assert b"".join(_answer_fields(headers, status, 5)) == b"x-a: 1\r\n" + added
+
+
+def test_request_facts_keep_the_headers_a_container_may_see():
+    headers = [(b"host", b"h"), (b"x-request-id", b"req-1"), (b"content-length", b"2"), (b"expect", b"100-continue"),
+               (b"connection", b"keep-alive, X-Drop"), (b"x-drop", b"1"), (b"te", b"trailers"),
+               (b"x-cortex-request-id", b"forged"), (b"x-keep", b"kept")]
+    rid, length, chunked, fields = _request_facts(headers)
+    assert (rid, length, chunked) == (b"req-1", b"2", False)
+    assert b"".join(fields) == b"host: h\r\nx-keep: kept\r\n"
+    assert _request_facts([(b"x-request-id", b"bad id!"), (b"transfer-encoding", b"gzip, Chunked")])[:3] == \
+        (None, None, True)
+
+
+def test_the_proxy_chooses_the_least_busy_ready_replica_and_takes_turns_on_ties():
+    async def scenario() -> None:
+        replicas = [_replica(slot) for slot in range(3)]
+        pool = type("Pool", (), {"workers": [None, *replicas]})()
+        proxy = ContainerProxy("web", "/web", pool, 1024, Metrics())  # type: ignore[arg-type]
+        assert {proxy._choose().slot for _ in range(6)} == {0, 1, 2}  # type: ignore[union-attr]
+        replicas[0].in_flight = replicas[2].in_flight = 1
+        assert {proxy._choose().slot for _ in range(6)} == {1}  # type: ignore[union-attr]
+        replicas[1].state = "unready"
+        assert {proxy._choose().slot for _ in range(6)} == {0, 2}  # type: ignore[union-attr]
+        assert replicas[0].take_place() and replicas[0].in_flight == 2
+        replicas[2].in_flight = replicas[2].capacity
+        assert not replicas[2].take_place() and not replicas[1].take_place()  # full; not ready
+
+    asyncio.run(scenario())
+
+
+def _replica(slot: int) -> ContainerReplica:
+    pod = types.SimpleNamespace(max_concurrency=2, max_queue_length=1, containers=[])
+    replica = ContainerReplica("web", slot, pod, {}, (), Path("."), "", Path("."), None)  # type: ignore[arg-type]
+    replica.state = "ready"
+    return replica
