@@ -28,7 +28,7 @@ from inferd.containers.replica import ContainerReplica
 from inferd.containers.upstream import UpstreamConnection, UpstreamGone
 from inferd.http.body import BodyTooLarge, ClientGone, send_too_large
 from inferd.http.protocol import DirectExchange, DirectHandler
-from inferd.http.realtime import REQUEST_ID, new_request_id, retry_after_header
+from inferd.http.realtime import REQUEST_ID, new_request_id_bytes, retry_after_header
 from inferd.http.responses import send_error
 from inferd.logs import get_logger
 from inferd.metrics import Metrics
@@ -82,14 +82,14 @@ class ContainerProxy:
         replica = self._choose()
         if replica is None or not replica.take_place():
             return False
-        rid = rid or new_request_id().encode()
+        rid = rid or new_request_id_bytes()
         conn = replica.upstream.idle_connection() if replica.upstream is not None else None
         if conn is None:  # the replica's first requests: a connection to open, in a task
             exchange.continue_async(lambda receive, send: self.recorder.record(
                 self._forward_inside(replica, scope, receive, send, rid, length, fields)))
             return True
         try:
-            conn.write(self._head(scope, fields, rid, length, False) + exchange.body)
+            conn.write(self._head(scope, fields, rid, length, False, exchange.body))
         except UpstreamGone:
             replica.leave(True)
             return False
@@ -100,7 +100,7 @@ class ContainerProxy:
     def _direct_answer(self, exchange: DirectExchange, replica: ContainerReplica, conn: UpstreamConnection,
                        rid: bytes, started: float) -> None:
         """The container's head is here (or its connection failed): answer whole, or hand over."""
-        failed = conn.head_failure
+        failed = conn.error if not conn.status else None  # conn.head_failure, inline
         if failed is not None:
             conn.close()
             if conn.reused and not conn.got_bytes:
@@ -137,7 +137,7 @@ class ContainerProxy:
         self.recorder.end(started, status)
 
     async def _forward_inside(self, replica: ContainerReplica, scope: Scope, receive: Receive, send: Send,
-                              rid: bytes, length: bytes | None, fields: list[bytes]) -> int:
+                              rid: bytes, length: bytes | None, fields: bytes) -> int:
         try:
             return await self._forward(replica, scope, receive, send, rid, length, False, fields)
         finally:
@@ -147,7 +147,7 @@ class ContainerProxy:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int:
         rid, length, chunked, fields = _request_facts(scope["headers"])
-        rid = rid or new_request_id().encode()
+        rid = rid or new_request_id_bytes()
         rid_header = [(b"x-request-id", rid)]
         if length is not None and (not length.isdigit() or int(length) > self.max_body_size):
             await send_too_large(send, self.api, self.max_body_size, rid_header)
@@ -209,28 +209,27 @@ class ContainerProxy:
             await asyncio.sleep(RECOVERY_POLL)
         return pool.ready_workers() or await pool.wait_ready_workers()
 
-    def _head(self, scope: Scope, fields: list[bytes], rid: bytes, length: bytes | None, chunked: bool) -> bytes:
-        """The request's head as the container gets it; ``fields``: the client's headers it keeps."""
+    def _head(self, scope: Scope, fields: bytes, rid: bytes, length: bytes | None, chunked: bool,
+              body: bytes | bytearray = b"") -> bytes:
+        """The request's head as the container gets it (and ``body`` after it, in the same bytes);
+        ``fields``: the client's header lines it keeps."""
         raw = scope.get("raw_path") or scope["path"].encode("latin-1")
-        path = raw[len(self.endpoint):] if raw.startswith(self.endpoint) else b"/" + scope["path_params"]["path"].encode()
-        if not path.startswith(b"/"):
+        endpoint = self.endpoint
+        path = raw[len(endpoint):] if raw.startswith(endpoint) else b"/" + scope["path_params"]["path"].encode()
+        if path[:1] != b"/":
             path = b"/" + path
         query = scope["query_string"]
-        lines = [scope["method"].encode("latin-1"), b" ", path, b"?" + query if query else b"", b" HTTP/1.1\r\n",
-                 *fields]
+        if query:
+            path += b"?" + query
         client = scope.get("client")
-        if client:
-            lines += [b"x-forwarded-for: ", str(client[0]).encode("latin-1"), b"\r\n"]
-        lines += [REQUEST_ID_HEADER, b": ", rid, b"\r\n"]
-        if length is not None:
-            lines += [b"content-length: ", length, b"\r\n"]
-        elif chunked:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
+        forwarded = b"x-forwarded-for: %s\r\n" % str(client[0]).encode("latin-1") if client else b""
+        framing = b"content-length: %s\r\n" % length if length is not None else \
+            b"transfer-encoding: chunked\r\n" if chunked else b""
+        return b"%s %s HTTP/1.1\r\n%s%s%s: %s\r\n%s\r\n%s" % (
+            scope["method"].encode("latin-1"), path, fields, forwarded, REQUEST_ID_HEADER, rid, framing, body)
 
     async def _forward(self, replica: ContainerReplica, scope: Scope, receive: Receive, send: Send, rid: bytes,
-                       length: bytes | None, chunked: bool, fields: list[bytes]) -> int:
+                       length: bytes | None, chunked: bool, fields: bytes) -> int:
         upstream = replica.upstream
         if upstream is None or replica.state == "exited":
             return await self._bad_gateway(send, replica, "the replica is gone", rid)
@@ -339,7 +338,7 @@ class ContainerProxy:
         return 502
 
 
-def _request_facts(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, bool, list[bytes]]:
+def _request_facts(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, bool, bytes]:
     """What the proxy reads of a request's headers: the client's usable request id, its
     Content-Length, whether its body is chunked, and the header lines it passes on (not the
     hop-by-hop ones, nor those its Connection names), serialized."""
@@ -363,7 +362,7 @@ def _request_facts(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, by
     if named:
         fields = [part for name, value in headers if name not in _REQUEST_DROP and name not in named
                   for part in (name, b": ", value, b"\r\n")]
-    return rid, length, chunked, fields
+    return rid, length, chunked, b"".join(fields)
 
 
 def _frame(body: bytes, chunked: bool, last: bool) -> bytes:

@@ -61,7 +61,8 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(f"the container's answer is not valid HTTP: {exc}")
             self.close()
-        self._tell_head()
+        if self.on_head is not None:
+            self._tell_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -113,12 +114,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self.buffered > READ_HIGH_WATER and not self._read_paused and self.transport is not None:
             self._read_paused = True
             self.transport.pause_reading()
-        self._poke()
+        if self._wake is not None:
+            self._poke()
 
     def on_message_complete(self) -> None:
         if self.status:
             self.complete = True
-            self._poke()
+            if self._wake is not None:
+                self._poke()
 
     # -- the proxy's side ----------------------------------------------------------------------
 

@@ -27,17 +27,18 @@ await chain through the app cost more than forwarding the bytes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httptools
 from starlette.types import Receive, Scope, Send
-from uvicorn._types import ASGI3Application
+from uvicorn._types import ASGI3Application, ASGIVersions
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
@@ -59,18 +60,18 @@ class ConnectionLimits:
 
 
 class IdleConnections:
-    """Connections waiting for their next request, oldest first (a dict keeps insertion order)."""
+    """Which open connection has waited longest for its next request. A connection stamps itself
+    (``idle_since``: an order, not a time; 0 while a request is read or answered) on every
+    request's path, and the oldest is looked for by a scan of the open connections only when a new
+    one finds the server at its limit."""
 
     def __init__(self) -> None:
-        self._idle: dict[InferdHttpProtocol, None] = {}
+        self.order = itertools.count(1)
 
-    def mark(self, conn: InferdHttpProtocol, idle: bool) -> None:
-        self._idle.pop(conn, None)
-        if idle:
-            self._idle[conn] = None
-
-    def oldest(self) -> InferdHttpProtocol | None:
-        return next(iter(self._idle), None)
+    @staticmethod
+    def oldest(connections: Iterable[object]) -> InferdHttpProtocol | None:
+        idle = [conn for conn in connections if isinstance(conn, InferdHttpProtocol) and conn.idle_since]
+        return min(idle, key=lambda conn: conn.idle_since, default=None)
 
 
 def json_response(status: int, message: str) -> bytes:
@@ -151,20 +152,20 @@ class DirectExchange(RequestResponseCycle):
     it over (``_start``), which most direct requests never need."""
 
     scope: Scope  # type: ignore[assignment]  # the handlers' view: starlette's Scope
+    # what every exchange starts with, until it changes (then the instance's own)
+    keep_alive = True  # the protocol decides the close (InferdHttpProtocol._closing)
+    disconnected = False
+    body: bytearray = b""  # type: ignore[assignment]  # one piece as read (no copy); a bytearray from a second on
+    more_body = True
+    response_started = False
+    response_complete = False
+    message_event: asyncio.Event = NO_WAITER  # type: ignore[assignment]
 
     def __init__(self, protocol: InferdHttpProtocol, scope: Scope, handler: DirectHandler) -> None:
         # not RequestResponseCycle.__init__: see _start
         self.protocol = protocol
         self.scope = scope
         self.handler = handler
-        self.keep_alive = True  # the protocol decides the close (InferdHttpProtocol._closing)
-        self.disconnected = False
-        self.body = bytearray()
-        self.more_body = True
-        self.response_started = False
-        self.response_complete = False
-        self.message_event = NO_WAITER  # type: ignore[assignment]
-        self.on_response = protocol.on_response_complete
 
     def answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """The whole answer, with the server's default headers (Date) as uvicorn would add them."""
@@ -187,7 +188,7 @@ class DirectExchange(RequestResponseCycle):
             lines += (b"\r\n", body)
             protocol.transport.write(b"".join(lines))
         self.response_complete = True
-        self.on_response()
+        protocol.on_response_complete()
 
     def fallback(self) -> None:
         self._start(self.protocol.app)
@@ -209,6 +210,8 @@ class DirectExchange(RequestResponseCycle):
         self.waiting_for_100_continue = False
         self.chunked_encoding = None
         self.expected_content_length = 0
+        self.on_response = protocol.on_response_complete
+        self.body = bytearray(self.body)
         self.message_event = asyncio.Event()
         if self.body or not self.more_body or self.disconnected:
             self.message_event.set()
@@ -230,6 +233,8 @@ class InferdHttpProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
         self.idle = idle
+        self.idle_since = 0  # see IdleConnections
+        self._asgi_info: ASGIVersions = {"version": self.asgi_version, "spec_version": "2.3"}  # the scope's "asgi"
         self.direct = direct
         self._held: DirectExchange | None = None  # offered once it has arrived whole
         self._timer: asyncio.TimerHandle | None = None
@@ -258,13 +263,13 @@ class InferdHttpProtocol(HttpToolsProtocol):
                               "retry shortly")
             return
         self._arm(self.limits.header_timeout, self._on_idle_timeout)
-        self.idle.mark(self, True)
+        self.idle_since = next(self.idle.order)
 
     def _displace_idle(self) -> bool:
-        oldest = self.idle.oldest()
+        oldest = self.idle.oldest(self.connections)
         if oldest is None or oldest is self:
             return False
-        oldest.idle.mark(oldest, False)
+        oldest.idle_since = 0
         oldest.transport.close()
         return True
 
@@ -272,7 +277,7 @@ class InferdHttpProtocol(HttpToolsProtocol):
         self._disarm()
         if self._timer is not None:
             self._timer.cancel()
-        self.idle.mark(self, False)
+        self.idle_since = 0
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -329,13 +334,13 @@ class InferdHttpProtocol(HttpToolsProtocol):
         self.expect_100_continue = False
         self.headers = []
         self.scope = {
-            "type": "http", "asgi": {"version": self.asgi_version, "spec_version": "2.3"}, "http_version": "1.1",
+            "type": "http", "asgi": self._asgi_info, "http_version": "1.1",
             "server": self.server, "client": self.client, "scheme": self.scheme,  # type: ignore[typeddict-item]
             "root_path": self.root_path, "headers": self.headers, "state": self.app_state.copy()}
         self._in_message = self._in_head = True
         self._head_bytes = 0
         self._began = True
-        self.idle.mark(self, False)
+        self.idle_since = 0
         self._on_deadline = None  # the idle connection's timer (_disarm): a request is being read now
 
     def on_headers_complete(self) -> None:
@@ -393,10 +398,13 @@ class InferdHttpProtocol(HttpToolsProtocol):
         # uvicorn's own
         if self.parser.should_upgrade() and self._should_upgrade():
             return
+        if cycle.body.__class__ is bytes and cycle.body:  # type: ignore[comparison-overlap]  # a direct exchange's second piece
+            cycle.body = bytearray(cycle.body)
         cycle.body += body
         if len(cycle.body) > HIGH_WATER_LIMIT:
             self.flow.pause_reading()
-        cycle.message_event.set()
+        if cycle.message_event is not NO_WAITER:  # type: ignore[comparison-overlap]
+            cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         if self._rejected:
@@ -406,12 +414,14 @@ class InferdHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if not cycle.response_complete and not (self.parser.should_upgrade() and self._should_upgrade()):
             cycle.more_body = False  # uvicorn's own
-            cycle.message_event.set()
+            if cycle.message_event is not NO_WAITER:  # type: ignore[comparison-overlap]
+                cycle.message_event.set()
         if self._held is not None:
             self._offer(self._held)
-        if self._close_when_read and self.cycle.response_complete:
-            self._close("request done")
-        self._mark_idle_if_done()
+        if self.cycle.response_complete:  # else the answer marks the connection idle
+            if self._close_when_read:
+                self._close("request done")
+            self._mark_idle_if_done()
 
     # -- direct exchanges -------------------------------------------------------------------------
 
@@ -468,7 +478,7 @@ class InferdHttpProtocol(HttpToolsProtocol):
     def _mark_idle_if_done(self) -> None:
         done = not self._in_message and (self.cycle is None or self.cycle.response_complete) and not self.pipeline
         if done and not self.transport.is_closing():
-            self.idle.mark(self, True)
+            self.idle_since = next(self.idle.order)
             # uvicorn arms its keep-alive timer when the answer is sent; a body discarded after it
             # cancelled that timer, so this one covers the idle connection either way
             self._arm(self.timeout_keep_alive, self._on_idle_timeout)
@@ -534,7 +544,7 @@ class InferdHttpProtocol(HttpToolsProtocol):
             return
         self._rejected = True
         self._held = None
-        self.idle.mark(self, False)
+        self.idle_since = 0
         if self.cycle is not None and not self.cycle.response_complete:
             # a pipelined request is still being answered: its answer can no longer be sent
             self.cycle.disconnected = True
@@ -549,7 +559,7 @@ class InferdHttpProtocol(HttpToolsProtocol):
     def _close(self, reason: str) -> None:
         if not self.transport.is_closing():
             log.debug("http_connection_closed", client=_peer(self.client), reason=reason)
-            self.idle.mark(self, False)
+            self.idle_since = 0
             self.transport.close()
 
 

@@ -25,6 +25,7 @@ VERBS = ("post", "get", "put", "patch", "delete")
 log = get_logger()
 REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _ID_PREFIX = os.urandom(8).hex()
+_ID_PREFIX_BYTES = _ID_PREFIX.encode()
 _id_counter = itertools.count(1)
 
 
@@ -33,6 +34,11 @@ def new_request_id() -> str:
     daemon (a prefix drawn at start, then a counter). uuid4 asks the kernel for randomness every
     time, a system call per request; these ids correlate log lines, they guard nothing."""
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
+def new_request_id_bytes() -> bytes:
+    """``new_request_id``, as the bytes a header carries."""
+    return b"%s%016x" % (_ID_PREFIX_BYTES, next(_id_counter))
 
 
 class RealtimeEndpoint:
