@@ -37,6 +37,7 @@ from inferd.worker.pool import ApiUnavailable, WorkerPool
 
 log = get_logger()
 RECOVERY_POLL = 0.02  # how often a request waiting for a replica back in rotation looks
+WHOLE_ANSWER = 64 << 10  # a body of known length up to this size is waited for and sent with its head
 REQUEST_ID_HEADER = b"x-cortex-request-id"
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
                         b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"proxy-connection"})
@@ -99,9 +100,17 @@ class ContainerProxy:
 
     def _direct_answer(self, exchange: DirectExchange, replica: ContainerReplica, conn: UpstreamConnection,
                        rid: bytes, started: float) -> None:
-        """The container's head is here (or its connection failed): answer whole, or hand over."""
-        failed = conn.error if not conn.status else None  # conn.head_failure, inline
-        if failed is not None:
+        """The container's head is here, or its connection failed (and again at each read while
+        the rest of a short body is on its way): answer whole, or hand over."""
+        if not conn.complete and conn.error is None:
+            if _short_body(conn.headers):  # its head and body came in separate writes
+                conn.on_head = lambda: self._direct_answer(exchange, replica, conn, rid, started)
+                return
+            exchange.continue_async(lambda receive, send: self._direct_rest(  # streamed or large: piece by piece
+                replica, started, self._relay(replica, conn, None, receive, send, rid)))
+            return
+        if not conn.complete:
+            failed = conn.error or "the container closed the connection"
             conn.close()
             if conn.reused and not conn.got_bytes:
                 # a kept-alive connection the container closed as we reused it: the general road tries afresh
@@ -111,10 +120,6 @@ class ContainerProxy:
             exchange.continue_async(lambda receive, send: self._direct_rest(
                 replica, started, self._bad_gateway(send, replica, failed, rid)))
             return
-        if not conn.complete:  # a streamed (or large) answer: relayed piece by piece
-            exchange.continue_async(lambda receive, send: self._direct_rest(
-                replica, started, self._relay(replica, conn, None, receive, send, rid)))
-            return
         status = conn.status
         body = conn.whole_body()
         fields = _answer_fields(conn.headers, status, len(body))
@@ -123,7 +128,8 @@ class ContainerProxy:
         else:
             conn.close()
         exchange.answer_fields(status, fields, body)
-        self._direct_end(replica, started, status)
+        replica.leave(True)  # _direct_end, inline
+        self.recorder.end(started, status)
 
     async def _direct_rest(self, replica: ContainerReplica, started: float, serve: Awaitable[int]) -> None:
         status = 0
@@ -302,8 +308,10 @@ class ContainerProxy:
         status = conn.status
         upstream = replica.upstream
         watcher: asyncio.Task[Any] | None = None
+        started = False
         try:
             data = await conn.read_body()
+            started = True
             await send({"type": "http.response.start", "status": status, "headers": headers})
             if conn.complete:  # the whole answer is here (read_body took every piece): one write
                 await send({"type": "http.response.body", "body": data or b""})
@@ -316,8 +324,10 @@ class ContainerProxy:
             await send({"type": "http.response.body", "body": b""})
             return status
         except UpstreamGone as exc:
-            log.warning("container_answer_cut", api=self.api, slot=replica.slot, request_id=rid.decode(), error=str(exc))
             conn.close()
+            if not started:  # nothing sent yet: the client gets to know why
+                return await self._bad_gateway(send, replica, str(exc), rid)
+            log.warning("container_answer_cut", api=self.api, slot=replica.slot, request_id=rid.decode(), error=str(exc))
             return status  # the answer started: the client sees it end early (the connection closes)
         finally:
             if watcher is not None:
@@ -370,6 +380,14 @@ def _frame(body: bytes, chunked: bool, last: bool) -> bytes:
         return body
     piece = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
     return piece + (b"0\r\n\r\n" if last else b"")
+
+
+def _short_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The answer's body has a length, small enough to wait for and send whole."""
+    for name, value in headers:
+        if name == b"content-length":
+            return value.isdigit() and int(value) <= WHOLE_ANSWER
+    return False
 
 
 def _answer_fields(headers: list[tuple[bytes, bytes]], status: int, length: int) -> list[bytes]:

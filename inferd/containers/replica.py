@@ -444,8 +444,9 @@ class ContainerReplica:
 
     def admit_unbounded(self) -> None:
         """Counted in flight (a stop drains it) though no admission applies (queue consumers)."""
+        if not self.in_flight:
+            self._idle.clear()
         self.in_flight += 1
-        self._idle.clear()
 
     async def enter(self) -> None:
         """After ``admit``: wait for one of the ``max_concurrency`` places (``leave`` in any case)."""

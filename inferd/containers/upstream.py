@@ -61,8 +61,9 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(f"the container's answer is not valid HTTP: {exc}")
             self.close()
-        if self.on_head is not None:
-            self._tell_head()
+        if self.on_head is not None and (self.status or self.error is not None):
+            on_head, self.on_head = self.on_head, None  # _tell_head, inline
+            on_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -163,6 +163,16 @@ def test_a_chunked_answer_that_arrives_whole_gets_a_length(daemon: Daemon) -> No
     assert reply.headers["content-length"] == str(len(reply.content)) and "transfer-encoding" not in reply.headers
 
 
+def test_an_answer_whose_head_and_body_come_apart_is_sent_whole(daemon: Daemon) -> None:
+    reply = call(daemon, "GET", "/web/split")
+    assert reply.status_code == 200 and reply.json() == {"split": True, "filler": "x" * 200}
+    assert reply.headers["content-length"] == str(len(reply.content))
+    cut = call(daemon, "GET", "/web/split?cut=1")  # the container hangs up halfway through the body
+    assert cut.status_code == 502 and cut.json()["api"] == "web", cut.text
+    assert "before it answered in full" in cut.json()["error"]
+    assert call(daemon, "GET", "/web/after-cut").status_code == 200
+
+
 def test_a_client_gone_before_the_answer_frees_its_place(daemon: Daemon) -> None:
     host, port = daemon.url.removeprefix("http://").split(":")
     for _ in range(3):

@@ -88,6 +88,18 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(0.2)
             self.wfile.write(b"0\r\n\r\n")
             return None
+        if url.path == "/split":  # head and body in separate writes, the body in two; ?cut=1: only half of it
+            piece = json.dumps({"split": True, "filler": "x" * 200}).encode()
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                             % len(piece))
+            for part in (piece[:100], piece[100:]):
+                self.wfile.flush()
+                time.sleep(0.05)
+                self.wfile.write(part)
+                if parse_qs(url.query).get("cut"):
+                    self.close_connection = True
+                    return None
+            return None
         if url.path == "/chunked":  # a whole answer framed in chunks, in one write
             piece = json.dumps({"chunked": True}).encode()
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
