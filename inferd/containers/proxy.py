@@ -128,8 +128,7 @@ class ContainerProxy:
         else:
             conn.close()
         exchange.answer_fields(status, fields, body)
-        replica.leave(True)  # _direct_end, inline
-        self.recorder.end(started, status)
+        self._direct_end(replica, started, status)
 
     async def _direct_rest(self, replica: ContainerReplica, started: float, serve: Awaitable[int]) -> None:
         status = 0

@@ -61,9 +61,8 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(f"the container's answer is not valid HTTP: {exc}")
             self.close()
-        if self.on_head is not None and (self.status or self.error is not None):
-            on_head, self.on_head = self.on_head, None  # _tell_head, inline
-            on_head()
+        if self.on_head is not None:
+            self._tell_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -146,11 +145,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._head = asyncio.get_running_loop().create_future()
             self._settle_head()
         return self._head
-
-    @property
-    def head_failure(self) -> str | None:
-        """Why the answer's head will never come, once that is known (``head`` would raise it)."""
-        return self.error if not self.status else None
 
     def _settle_head(self) -> None:
         head = self._head
