@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
 from starlette.datastructures import QueryParams
 from starlette.types import Receive, Scope, Send
 
@@ -65,14 +66,27 @@ def parse_job_request(body: bytes | bytearray, settings: QueueSettings) -> JobRe
     if "input" not in data or data["input"] is None:
         raise JobRequestError('"input" is required: send {"input": {...}}')
     webhook = data.get("webhook")
-    if webhook is not None and (not isinstance(webhook, str) or not webhook.startswith(("http://", "https://"))):
-        raise JobRequestError(f'"webhook" must be an http(s) URL, got {webhook!r}')
+    if webhook is not None:
+        _check_webhook(webhook)
     policy = data.get("policy") or {}
     if not isinstance(policy, dict):
         raise JobRequestError('"policy" must be an object like {"executionTimeout": 60000}')
     timeout = _policy_ms(policy, "executionTimeout", settings.execution_timeout_ms, EXECUTION_TIMEOUT_RANGE)
     ttl = _policy_ms(policy, "ttl", settings.ttl_ms, TTL_RANGE)
     return JobRequest(json.dumps(data["input"]).encode(), webhook, timeout, ttl)
+
+
+def _check_webhook(webhook: object) -> None:
+    """A webhook the sender can POST to: an http(s) URL with a host, that httpx can encode (an
+    IDNA-invalid host would otherwise fail only at delivery, long after the client left)."""
+    if not isinstance(webhook, str) or not webhook.startswith(("http://", "https://")):
+        raise JobRequestError(f'"webhook" must be an http(s) URL, got {webhook!r}')
+    try:
+        host = httpx.URL(webhook).host
+    except (httpx.InvalidURL, ValueError) as exc:  # IDNA errors are ValueErrors
+        raise JobRequestError(f'"webhook" is not a valid URL ({exc}): {webhook!r}') from None
+    if not host:
+        raise JobRequestError(f'"webhook" has no host: {webhook!r}')
 
 
 def _policy_ms(policy: dict[str, Any], name: str, default: int, bounds: tuple[int, int]) -> int:

@@ -45,6 +45,9 @@ class WebhookSender:
                 response = await self._client.post(url, json=payload)
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+            except (httpx.InvalidURL, ValueError) as exc:  # a URL stored before it was checked: no retry helps
+                problem = f"{type(exc).__name__}: {exc}"
+                break
             else:
                 if response.is_success:
                     log.info("webhook_delivered", api=api, request_id=job_id, url=url, attempt=attempt)
@@ -52,7 +55,7 @@ class WebhookSender:
                 problem = f"answered {response.status_code}"
             if attempt < ATTEMPTS:
                 await asyncio.sleep(self.retry_delay)
-        log.warning("webhook_failed", api=api, request_id=job_id, url=url, attempts=ATTEMPTS, error=problem)
+        log.warning("webhook_failed", api=api, request_id=job_id, url=url, attempts=attempt, error=problem)
 
     async def close(self) -> None:
         for task in list(self._pending):
