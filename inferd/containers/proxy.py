@@ -94,17 +94,21 @@ class ContainerProxy:
         except UpstreamGone:
             replica.leave(True)
             return False
-        started = self.recorder.begin()
-        conn.on_head = lambda: self._direct_answer(exchange, replica, conn, rid, started)
+        self._answer_on_head(exchange, replica, conn, rid, self.recorder.begin())
         return True
+
+    def _answer_on_head(self, exchange: DirectExchange, replica: ContainerReplica, conn: UpstreamConnection,
+                        rid: bytes, started: float) -> None:
+        """``_direct_answer`` at the end of the connection's next read that has its head (or fails)."""
+        conn.on_head = lambda: self._direct_answer(exchange, replica, conn, rid, started)
 
     def _direct_answer(self, exchange: DirectExchange, replica: ContainerReplica, conn: UpstreamConnection,
                        rid: bytes, started: float) -> None:
         """The container's head is here, or its connection failed (and again at each read while
         the rest of a short body is on its way): answer whole, or hand over."""
         if not conn.complete and conn.error is None:
-            if _short_body(conn.headers):  # its head and body came in separate writes
-                conn.on_head = lambda: self._direct_answer(exchange, replica, conn, rid, started)
+            if _short_body(conn.headers):  # its head and body came in separate writes: the next read
+                self._answer_on_head(exchange, replica, conn, rid, started)
                 return
             exchange.continue_async(lambda receive, send: self._direct_rest(  # streamed or large: piece by piece
                 replica, started, self._relay(replica, conn, None, receive, send, rid)))

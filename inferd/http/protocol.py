@@ -403,8 +403,7 @@ class InferdHttpProtocol(HttpToolsProtocol):
         cycle.body += body
         if len(cycle.body) > HIGH_WATER_LIMIT:
             self.flow.pause_reading()
-        if cycle.message_event is not NO_WAITER:  # type: ignore[comparison-overlap]
-            cycle.message_event.set()
+        cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         if self._rejected:
@@ -414,8 +413,7 @@ class InferdHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if not cycle.response_complete and not (self.parser.should_upgrade() and self._should_upgrade()):
             cycle.more_body = False  # uvicorn's own
-            if cycle.message_event is not NO_WAITER:  # type: ignore[comparison-overlap]
-                cycle.message_event.set()
+            cycle.message_event.set()
         if self._held is not None:
             self._offer(self._held)
         if self.cycle.response_complete:  # else the answer marks the connection idle

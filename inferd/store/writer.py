@@ -15,8 +15,8 @@ A batch made only of those is ONE hop to the driver thread: BEGIN IMMEDIATE, eve
 COMMIT (SQLAlchemy's adapter would make about three hops per statement, and compile each).
 A small batch of RawInserts and quick Raw calls (``runs_inline``: a few rows, a few hundred
 KiB) makes no hop at all: it runs on the event loop's own thread, on the same connection (the
-writer never uses it from two threads at once). Measured on 2 cores under load, a hop to the driver thread and back
-took ~2.7 ms (the thread waits for a CPU and for the GIL), while the batch's own work takes
+writer never uses it from two threads at once). Measured on 2 cores under load, a hop to the
+driver thread and back took ~2.7 ms (the thread waits for a CPU and for the GIL), while the batch's own work takes
 tens of µs: every /runsync and AsyncAPI submit waited for those hops. With the loop committing,
 SQLite's automatic checkpoint (copying the WAL into the database and syncing the file) would
 stall the loop every few MB, so the writer's connection has it turned off, and a ``Checkpointer``
